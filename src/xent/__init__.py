@@ -1,0 +1,19 @@
+"""xent: the whole cross-entropy family, numerically stable, on NumPy, PyTorch and JAX.
+
+Every loss takes logits first (``log_loss`` alone takes probabilities), arrays
+positional-only and options keyword-only, and returns an array of the logits'
+library, device and dtype. See ``shared/API.md`` for the contract and
+``docs/choosing.md`` for which loss fits which labels.
+"""
+
+from .sigmoid import log_loss, sigmoid_cross_entropy
+from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "log_loss",
+    "sigmoid_cross_entropy",
+    "softmax_cross_entropy",
+    "sparse_softmax_cross_entropy",
+]

@@ -1,0 +1,301 @@
+"""Which library an array belongs to, and the stable primitives every loss uses.
+
+A loss never imports torch or jax itself: it asks :func:`backend_of` for the
+:class:`Backend` of its first array and computes with ``be.xp`` (the
+array-API namespace from ``array_api_compat``) plus the primitives below.
+Each primitive uses the library's own fused kernel where one exists
+(``torch.logsumexp``, ``jax.nn.log_softmax``), so gradients come from the
+library's autodiff and stay exact.
+
+The libraries are imported lazily: ``import xent`` costs neither torch nor jax.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Backend", "backend_of", "library_of", "to_numpy", "describe"]
+
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+def _torch_loaded() -> bool:
+    return "torch" in sys.modules
+
+
+def _jax_loaded() -> bool:
+    return "jax" in sys.modules
+
+
+def library_of(x: Any) -> str | None:
+    """``"numpy"``, ``"torch"``, ``"jax"`` for arrays of those libraries, else None.
+
+    NumPy scalars count as NumPy; Python scalars and lists are None (they are
+    converted to whatever library the logits decide).
+    """
+    if isinstance(x, (np.ndarray, np.generic)):
+        return "numpy"
+    if _torch_loaded():
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return "torch"
+    if _jax_loaded():
+        import jax
+
+        if isinstance(x, jax.Array):
+            return "jax"
+    return None
+
+
+def describe(x: Any) -> str:
+    """A short human name for the type of ``x``, for error messages."""
+    lib = library_of(x)
+    if lib == "numpy":
+        return "a numpy.ndarray"
+    if lib == "torch":
+        return "a torch.Tensor"
+    if lib == "jax":
+        return "a jax.Array"
+    return f"a {type(x).__name__}"
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Any supported array (or list / scalar) as a NumPy array, on the host.
+
+    bfloat16 torch tensors come back as float32 (NumPy has no bfloat16).
+    """
+    lib = library_of(x)
+    if lib == "torch":
+        import torch
+
+        t = x.detach()
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        return t.cpu().numpy()
+    if lib == "jax":
+        return np.asarray(x)
+    return np.asarray(x)
+
+
+class Backend:
+    """The array library of one call, with the primitives the losses need."""
+
+    name: str = "numpy"
+
+    def __init__(self) -> None:
+        import array_api_compat.numpy as xp
+
+        self.xp = xp
+
+    # -- dtypes -----------------------------------------------------------
+    def dtype_name(self, dtype: Any) -> str:
+        return np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+
+    def is_floating(self, x: Any) -> bool:
+        return np.dtype(x.dtype).kind == "f" or self.dtype_name(x.dtype) == "bfloat16"
+
+    def compute_dtype(self, dtype: Any) -> Any:
+        """float16 / bfloat16 are computed in float32; others as they are."""
+        if self.dtype_name(dtype) in _LOW_PRECISION:
+            return self.float32
+        return dtype
+
+    @property
+    def float32(self) -> Any:
+        return np.float32
+
+    def is_low_precision(self, dtype: Any) -> bool:
+        return self.dtype_name(dtype) in _LOW_PRECISION
+
+    # -- conversion -------------------------------------------------------
+    def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
+        """``x`` as an array of this library, on ``like``'s device."""
+        return np.asarray(x, dtype=dtype)
+
+    def astype(self, x: Any, dtype: Any) -> Any:
+        return x if x.dtype == dtype else x.astype(dtype)
+
+    # -- tracing ----------------------------------------------------------
+    def is_concrete(self, x: Any) -> bool:
+        """False when ``x`` is a JAX tracer whose values are unknown."""
+        return True
+
+    def any(self, mask: Any) -> bool:
+        """``bool(mask.any())`` (eager only)."""
+        return bool(np.any(mask))
+
+    def first_true(self, mask: Any) -> tuple[int, ...]:
+        """The index of the first True entry of ``mask`` (eager only)."""
+        return tuple(int(i) for i in np.argwhere(to_numpy(mask))[0])
+
+    # -- math -------------------------------------------------------------
+    def stop_gradient(self, x: Any) -> Any:
+        return x
+
+    def logsumexp(self, x: Any, axis: int = -1, keepdims: bool = False) -> Any:
+        m = np.max(x, axis=axis, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        with np.errstate(divide="ignore"):
+            out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+        return out if keepdims else np.squeeze(out, axis=axis)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        return x - self.logsumexp(x, axis=axis, keepdims=True)
+
+    def softplus(self, x: Any) -> Any:
+        """``log(1 + exp(x))`` without overflow."""
+        return np.logaddexp(x, np.zeros((), dtype=x.dtype))
+
+    def sigmoid(self, x: Any) -> Any:
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+    def take_along_axis(self, x: Any, idx: Any, axis: int = -1) -> Any:
+        return np.take_along_axis(x, idx, axis=axis)
+
+    def moveaxis(self, x: Any, source: int, dest: int) -> Any:
+        return np.moveaxis(x, source, dest)
+
+    def pow(self, x: Any, gamma: float) -> Any:
+        return x**gamma
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self) -> None:
+        import array_api_compat.torch as xp
+        import torch
+
+        self.xp = xp
+        self.torch = torch
+
+    def dtype_name(self, dtype: Any) -> str:
+        return str(dtype).replace("torch.", "")
+
+    def is_floating(self, x: Any) -> bool:
+        return x.dtype.is_floating_point
+
+    @property
+    def float32(self) -> Any:
+        return self.torch.float32
+
+    def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
+        return self.torch.as_tensor(x, dtype=dtype, device=like.device)
+
+    def astype(self, x: Any, dtype: Any) -> Any:
+        return x if x.dtype == dtype else x.to(dtype)
+
+    def any(self, mask: Any) -> bool:
+        return bool(mask.any())
+
+    def stop_gradient(self, x: Any) -> Any:
+        return x.detach()
+
+    def logsumexp(self, x: Any, axis: int = -1, keepdims: bool = False) -> Any:
+        return self.torch.logsumexp(x, dim=axis, keepdim=keepdims)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        return self.torch.log_softmax(x, dim=axis)
+
+    def softplus(self, x: Any) -> Any:
+        # Above the threshold softplus(x) == x to within exp(-40) relative.
+        return self.torch.nn.functional.softplus(x, beta=1.0, threshold=40.0)
+
+    def sigmoid(self, x: Any) -> Any:
+        return self.torch.sigmoid(x)
+
+    def take_along_axis(self, x: Any, idx: Any, axis: int = -1) -> Any:
+        return self.torch.gather(x, axis, idx)
+
+    def moveaxis(self, x: Any, source: int, dest: int) -> Any:
+        return self.torch.movedim(x, source, dest)
+
+
+class JaxBackend(Backend):
+    name = "jax"
+
+    def __init__(self) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self.xp = jnp
+        self.jax = jax
+        self.jnp = jnp
+
+    def dtype_name(self, dtype: Any) -> str:
+        return self.jnp.dtype(dtype).name
+
+    def is_floating(self, x: Any) -> bool:
+        return bool(self.jnp.issubdtype(x.dtype, self.jnp.floating))
+
+    @property
+    def float32(self) -> Any:
+        return self.jnp.float32
+
+    def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
+        return self.jnp.asarray(x, dtype=dtype)
+
+    def is_concrete(self, x: Any) -> bool:
+        core = self.jax.core
+        if not isinstance(x, core.Tracer):
+            return True
+        is_concrete = getattr(core, "is_concrete", None)
+        return bool(is_concrete(x)) if is_concrete is not None else False
+
+    def any(self, mask: Any) -> bool:
+        return bool(np.any(np.asarray(mask)))
+
+    def stop_gradient(self, x: Any) -> Any:
+        return self.jax.lax.stop_gradient(x)
+
+    def logsumexp(self, x: Any, axis: int = -1, keepdims: bool = False) -> Any:
+        return self.jax.nn.logsumexp(x, axis=axis, keepdims=keepdims)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        return self.jax.nn.log_softmax(x, axis=axis)
+
+    def softplus(self, x: Any) -> Any:
+        return self.jnp.logaddexp(x, 0.0)
+
+    def sigmoid(self, x: Any) -> Any:
+        return self.jax.nn.sigmoid(x)
+
+    def take_along_axis(self, x: Any, idx: Any, axis: int = -1) -> Any:
+        return self.jnp.take_along_axis(x, idx, axis=axis)
+
+    def moveaxis(self, x: Any, source: int, dest: int) -> Any:
+        return self.jnp.moveaxis(x, source, dest)
+
+
+_BACKENDS: dict[str, Backend] = {}
+_CLASSES = {"numpy": Backend, "torch": TorchBackend, "jax": JaxBackend}
+
+
+def get_backend(name: str) -> Backend:
+    be = _BACKENDS.get(name)
+    if be is None:
+        be = _BACKENDS[name] = _CLASSES[name]()
+    return be
+
+
+def backend_of(x: Any, name: str = "logits") -> tuple[Backend, Any]:
+    """The backend that ``x`` decides, and ``x`` as an array of it.
+
+    Python lists and scalars become NumPy arrays. Anything else that is not a
+    NumPy, torch or JAX array is a ``TypeError`` naming ``name``.
+    """
+    lib = library_of(x)
+    if lib is None:
+        if isinstance(x, (list, tuple, int, float, bool)):
+            x = np.asarray(x)
+            lib = "numpy"
+        else:
+            raise TypeError(
+                f"{name} must be a numpy.ndarray, torch.Tensor or jax.Array, got {describe(x)}"
+            )
+    return get_backend(lib), x

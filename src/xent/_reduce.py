@@ -1,0 +1,110 @@
+"""Effective weights and the five reductions: the only place they live.
+
+Every loss computes a per-element loss ``l_i`` and hands it here with
+
+* ``sample_weight``: the per-element sample weight ``sw_i`` broadcast to the
+  element shape, 0 on ignored elements (None means 1 everywhere);
+* ``norm``: the normalizing weight ``n_i = sw_i * cw_i`` (None means ``sw_i``);
+* ``valid``: True on the elements that are not ignored (None means all).
+
+The reductions (see ``shared/API.md``):
+
+===========================  ====================================================
+``"none"``                   ``sw_i * l_i``
+``"sum"``                    ``sum_i sw_i * l_i``
+``"mean"``                   ``sum_i sw_i * l_i / sum_i n_i`` (0 if the sum is 0)
+``"sum_over_batch_size"``    ``sum_i sw_i * l_i / M``, M = non-ignored elements
+``"sum_by_nonzero_weights"`` ``sum_i sw_i * l_i / #{i : n_i != 0}``
+===========================  ====================================================
+
+A zero denominator gives 0 and zero gradients, never NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _validate as V
+from ._backend import Backend
+
+
+def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int, ...],
+                   dtype: Any, name: str = "sample_weight") -> Any:
+    """``sample_weight`` as a float array of exactly ``shape`` (or None)."""
+    if sample_weight is None:
+        return None
+    sw = V.convert(be, sample_weight, like, name)
+    if not be.is_floating(sw):
+        sw = be.astype(sw, dtype)
+    V.broadcastable_to(sw, shape, name, "the per-element loss shape")
+    sw = be.astype(sw, dtype)
+    if V.shape_of(sw) != tuple(shape):
+        sw = be.xp.broadcast_to(sw, tuple(shape))
+    return sw
+
+
+def keep_mask(be: Backend, sample_weight: Any, valid: Any) -> Any:
+    """True where the element contributes (weight != 0 and not ignored), or None."""
+    keep = None
+    if sample_weight is not None:
+        keep = sample_weight != 0
+    if valid is not None:
+        keep = valid if keep is None else (keep & valid)
+    return keep
+
+
+def _safe_divide(be: Backend, num: Any, den: Any) -> Any:
+    xp = be.xp
+    if isinstance(den, (int, float)):
+        if den == 0:
+            return num * 0
+        return num / den
+    zero = den == 0
+    return xp.where(zero, xp.zeros_like(num), num / xp.where(zero, xp.ones_like(den), den))
+
+
+def _count(be: Backend, mask: Any, dtype: Any) -> Any:
+    return be.xp.sum(be.astype(mask, dtype))
+
+
+def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
+           norm: Any = None, valid: Any = None, out_dtype: Any = None) -> Any:
+    """Apply ``reduction`` to the per-element ``loss`` (see the module docstring)."""
+    xp = be.xp
+    weighted = loss if sample_weight is None else loss * sample_weight
+    if reduction == "none":
+        out = weighted
+    else:
+        total = xp.sum(weighted)
+        if reduction == "sum":
+            out = total
+        elif reduction == "mean":
+            if norm is not None:
+                den = xp.sum(norm)
+            elif sample_weight is not None:
+                den = xp.sum(sample_weight)
+            elif valid is not None:
+                den = _count(be, valid, loss.dtype)
+            else:
+                den = int(np.prod(V.shape_of(loss)))
+            out = _safe_divide(be, total, den)
+        elif reduction == "sum_over_batch_size":
+            den = _count(be, valid, loss.dtype) if valid is not None else int(
+                np.prod(V.shape_of(loss)))
+            out = _safe_divide(be, total, den)
+        elif reduction == "sum_by_nonzero_weights":
+            w = norm if norm is not None else sample_weight
+            if w is not None:
+                den = _count(be, w != 0, loss.dtype)
+            elif valid is not None:
+                den = _count(be, valid, loss.dtype)
+            else:
+                den = int(np.prod(V.shape_of(loss)))
+            out = _safe_divide(be, total, den)
+        else:  # pragma: no cover - validated by the caller
+            raise ValueError(reduction)
+    if out_dtype is not None:
+        out = be.astype(out, out_dtype)
+    return out

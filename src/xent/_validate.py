@@ -1,0 +1,178 @@
+"""Argument checks and their messages.
+
+Every check names the argument, what was expected and what came. Checks that
+need concrete values (label ranges, probabilities in [0, 1]) run in eager mode
+only: under ``jax.jit`` the values are unknown and the check is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from ._backend import Backend, backend_of, describe, library_of
+
+REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
+
+
+def shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in x.shape)
+
+
+def float_array(x: Any, name: str = "logits") -> tuple[Backend, Any]:
+    """The backend of ``x`` and ``x``, which must hold floating-point numbers."""
+    be, x = backend_of(x, name)
+    if not be.is_floating(x):
+        raise TypeError(
+            f"{name} must be a floating-point array (float16, bfloat16, float32 or "
+            f"float64), got dtype {be.dtype_name(x.dtype)}"
+        )
+    return be, x
+
+
+def convert(be: Backend, x: Any, like: Any, name: str, ref_name: str = "logits",
+            dtype: Any = None) -> Any:
+    """``x`` (an array of ``be``'s library, a NumPy array, list or scalar) as ``be``'s array.
+
+    An array of another library than ``like``'s is a ``TypeError`` naming both.
+    """
+    lib = library_of(x)
+    if lib is not None and lib != be.name and lib != "numpy":
+        raise TypeError(
+            f"{name} is {describe(x)} but {ref_name} is {describe(like)}; "
+            f"pass arrays of one library (NumPy arrays and lists are converted)"
+        )
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be an array, got {describe(x)}")
+    if lib == be.name and dtype is None:
+        return x
+    try:
+        if lib == be.name:
+            return be.astype(x, dtype)
+        return be.asarray(x, like, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} could not be read as an array: {err}") from None
+
+
+def scalar(value: Any, name: str, *, low: float = -math.inf, high: float = math.inf,
+           low_open: bool = False, high_open: bool = False) -> float:
+    """A Python float in the given range, or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if library_of(value) is not None and getattr(value, "ndim", 1) == 0:
+            try:
+                value = float(value)
+            except Exception:
+                raise TypeError(f"{name} must be a Python number, got a traced array") from None
+        else:
+            raise TypeError(f"{name} must be a number, got {describe(value)}")
+    value = float(value)
+    bad_low = value <= low if low_open else value < low
+    bad_high = value >= high if high_open else value > high
+    if math.isnan(value) or bad_low or bad_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}, got {value}")
+    return value
+
+
+def reduction(value: Any) -> str:
+    if value not in REDUCTIONS:
+        raise ValueError(
+            f"reduction must be one of {', '.join(repr(r) for r in REDUCTIONS)}; got {value!r}"
+        )
+    return value
+
+
+def axis(value: Any, ndim: int, name: str = "axis") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if ndim == 0:
+        raise ValueError("logits must have at least one dimension (the class axis), got a scalar")
+    if not -ndim <= value < ndim:
+        raise ValueError(f"{name}={value} is out of range for logits with {ndim} dimensions")
+    return int(value) % ndim
+
+
+def same_shape(labels: Any, expected: tuple[int, ...], name: str, hint: str = "") -> None:
+    got = shape_of(labels)
+    if got != tuple(expected):
+        msg = f"{name} must have shape {tuple(expected)}, got {got}"
+        if len(got) == len(expected) + 1 and got[-1] == 1 and got[:-1] == tuple(expected):
+            msg += f" (a trailing axis of size 1: squeeze it to {tuple(expected)})"
+        elif len(expected) == len(got) + 1 and expected[-1] == 1 and expected[:-1] == got:
+            msg += f" (the logits have a trailing axis of size 1: squeeze the logits or reshape {name})"
+        if hint:
+            msg += f"; {hint}"
+        raise ValueError(msg + ". No broadcasting is done between logits and labels.")
+
+
+def broadcastable_to(x: Any, shape: tuple[int, ...], name: str, what: str) -> None:
+    """``x`` must broadcast to ``shape`` without growing it."""
+    got = shape_of(x)
+    try:
+        out = np.broadcast_shapes(got, tuple(shape))
+    except ValueError:
+        out = None
+    if out != tuple(shape):
+        raise ValueError(
+            f"{name} of shape {got} must broadcast to {what} {tuple(shape)} without changing it"
+        )
+
+
+def eager(be: Backend, *arrays: Any) -> bool:
+    """True when every array has concrete values (not a JAX tracer)."""
+    return all(be.is_concrete(a) for a in arrays if a is not None)
+
+
+def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str = "") -> None:
+    """Values of ``x`` in [low, high] (NaN passes), eager only."""
+    if not eager(be, x) or int(np.prod(shape_of(x))) == 0:
+        return
+    bad = (x < low) | (x > high)
+    if be.any(bad):
+        pos = be.first_true(bad)
+        value = float(np.asarray(_host(be, x[pos])))
+        msg = f"{name} must be in [{low:g}, {high:g}], got {value:g} at position {pos}"
+        raise ValueError(msg + (f"; {hint}" if hint else ""))
+
+
+def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
+                  name: str = "labels") -> None:
+    """Integer labels in [0, num_classes) or equal to ``ignore_index``, eager only."""
+    if not eager(be, labels) or int(np.prod(shape_of(labels))) == 0:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if ignore_index is not None:
+        bad = bad & (labels != ignore_index)
+    if be.any(bad):
+        pos = be.first_true(bad)
+        value = int(np.asarray(_host(be, labels[pos])))
+        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        raise ValueError(
+            f"{name} must be class indices in [0, {num_classes}){extra}, "
+            f"got {value} at position {pos}"
+        )
+
+
+def integer_labels(be: Backend, labels: Any, name: str = "labels", hint: str = "") -> None:
+    name_ = be.dtype_name(labels.dtype)
+    if not (name_.startswith("int") or name_.startswith("uint")):
+        msg = f"{name} must hold integer class indices, got dtype {name_}"
+        raise TypeError(msg + (f"; {hint}" if hint else ""))
+
+
+def ignore_index(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int or None, got {describe(value)}")
+    return int(value)
+
+
+def _host(be: Backend, x: Any) -> Any:
+    from ._backend import to_numpy
+
+    return to_numpy(x)

@@ -1,0 +1,296 @@
+"""Exclusive classes: softmax cross-entropy with probability or integer labels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _reduce as R
+from . import _validate as V
+from ._backend import Backend
+
+__all__ = ["softmax_cross_entropy", "sparse_softmax_cross_entropy"]
+
+
+def _options(label_smoothing: Any, focal_gamma: Any, z_loss: Any, reduction: Any):
+    s = V.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    g = V.scalar(focal_gamma, "focal_gamma", low=0.0)
+    zl = V.scalar(z_loss, "z_loss", low=0.0)
+    return s, g, zl, V.reduction(reduction)
+
+
+def _class_weight(be: Backend, class_weight: Any, like: Any, num_classes: int, dtype: Any):
+    if class_weight is None:
+        return None
+    cw = V.convert(be, class_weight, like, "class_weight")
+    if V.shape_of(cw) != (num_classes,):
+        raise ValueError(
+            f"class_weight must have shape ({num_classes},) (one weight per class), "
+            f"got {V.shape_of(cw)}"
+        )
+    cw = be.astype(cw, dtype)
+    V.in_range(be, cw, 0.0, float("inf"), "class_weight", "class weights must be non-negative")
+    return cw
+
+
+def _prepare(be: Backend, logits: Any, axis: int, sample_weight: Any, valid: Any):
+    """Common set-up: class axis last, compute dtype, sample weights, keep mask."""
+    ax = V.axis(axis, len(V.shape_of(logits)))
+    shape = V.shape_of(logits)
+    if shape[ax] == 0:
+        raise ValueError(f"logits must have at least one class along axis {axis}, got shape {shape}")
+    z = be.moveaxis(logits, ax, -1) if ax != len(shape) - 1 else logits
+    cdt = be.compute_dtype(logits.dtype)
+    z = be.astype(z, cdt)
+    return ax, z, cdt
+
+
+def _masked_logp(be: Backend, logp: Any, weight: Any) -> Any:
+    """``logp`` with -inf replaced by 0 where its weight is 0 (masked classes).
+
+    ``0 * log p`` is then 0 instead of NaN, in the value and every gradient.
+    """
+    xp = be.xp
+    bad = (weight == 0) & xp.isinf(logp)
+    return xp.where(bad, xp.zeros_like(logp), logp)
+
+
+def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
+                          class_weight: Any = None, label_smoothing: float = 0.0,
+                          label_gradient: bool = True, focal_gamma: float = 0.0,
+                          z_loss: float = 0.0, sample_weight: Any = None,
+                          reduction: str = "mean") -> Any:
+    r"""Softmax cross-entropy with one-hot or soft (probability) labels.
+
+    Per element (one row along ``axis``), with ``p = softmax(z)``,
+    ``y' = (1 - s) * y + s / C`` and ``w`` the class weights (1 without)::
+
+        l = -sum_c w_c * y'_c * (1 - p_c)**focal_gamma * log p_c
+            + z_loss * logsumexp(z)**2
+
+    The reduction then uses ``sample_weight_i`` and the normalizing weight
+    ``n_i = sample_weight_i * sum_c w_c * y_ic`` (labels before smoothing), so
+    one-hot labels give exactly what :func:`sparse_softmax_cross_entropy` gives
+    for their indices.
+
+    Args:
+      logits: ``[..., C, ...]`` floating-point scores (not probabilities),
+        classes along ``axis``. NumPy, torch or JAX; the result is of the same
+        library, device and dtype.
+      labels: probabilities of the logits' shape (one-hot or soft). Rows need
+        not sum to 1 (TensorFlow's rule); negative entries are a ``ValueError``.
+      axis: the class axis.
+      class_weight: ``[C]`` non-negative weights ``w_c`` (PyTorch's ``weight``;
+        TensorFlow has none for softmax).
+      label_smoothing: ``s`` in [0, 1].
+      label_gradient: True lets gradients reach ``labels`` (TF's v2 op);
+        False treats them as constants (TF's v1 op).
+      focal_gamma: the focal exponent (0: plain cross-entropy).
+      z_loss: weight of the ``logsumexp(z)**2`` term (PaLM's z-loss); it is
+        scaled by ``sample_weight`` but not by class weights.
+      sample_weight: per-element weights, broadcastable to ``[...]`` (the
+        logits' shape without ``axis``); no broadcast may grow that shape.
+      reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"sum_over_batch_size"``
+        or ``"sum_by_nonzero_weights"``.
+
+    Returns:
+      ``[...]`` per-element losses times ``sample_weight`` for ``"none"``,
+      else a scalar.
+
+    Numerics: the log-softmax is computed as ``z - logsumexp(z)`` with the
+    maximum subtracted, so logits of +-1e4 are exact. ``-inf`` logits on classes
+    whose (smoothed, weighted) label is 0 are masked classes: their term is 0
+    and their gradients (to logits and to labels) are 0. float16 / bfloat16 are
+    computed in float32 and the result cast back. An element with
+    ``sample_weight == 0`` contributes exactly 0 to the value and every
+    gradient, even when its logits or labels are NaN or infinite.
+
+    Differences from peers: with class weights and soft labels PyTorch's
+    ``"mean"`` divides by the batch size; xent divides by ``sum_i n_i`` so that
+    soft one-hot labels and integer labels agree.
+
+    Validation (eager only; under ``jax.jit`` value checks are skipped): shapes,
+    dtypes, negative labels or class weights.
+
+    Example:
+      >>> import numpy as np, xent
+      >>> z = np.array([[2.0, 0.0, -1.0]])
+      >>> y = np.array([[1.0, 0.0, 0.0]])
+      >>> round(float(xent.softmax_cross_entropy(z, y)), 6)
+      0.169846
+
+    References: TensorFlow ``tf.nn.softmax_cross_entropy_with_logits``;
+    Lin et al. 2017 (focal loss); Chowdhery et al. 2022 (z-loss).
+    """
+    be, logits = V.float_array(logits, "logits")
+    s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
+    ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
+    shape = V.shape_of(logits)
+    y = V.convert(be, labels, logits, "labels")
+    V.same_shape(y, shape, "labels",
+                 "integer class indices go to sparse_softmax_cross_entropy")
+    if not be.is_floating(y):
+        if be.dtype_name(y.dtype) == "bool":
+            y = be.astype(y, cdt)
+        else:
+            raise TypeError(
+                f"labels must be probabilities (floating point) for softmax_cross_entropy, "
+                f"got dtype {be.dtype_name(y.dtype)}; integer class indices go to "
+                "sparse_softmax_cross_entropy"
+            )
+    V.in_range(be, y, 0.0, float("inf"), "labels", "labels are probabilities")
+    y = be.astype(be.moveaxis(y, ax, -1) if ax != len(shape) - 1 else y, cdt)
+    if not label_gradient:
+        y = be.stop_gradient(y)
+    return _dense_from_z(be, z, y, ax, shape, cdt, logits.dtype, class_weight, s, gamma, zl,
+                         sample_weight, red, logits)
+
+
+def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, zl,
+                  sample_weight, red, like):
+    xp = be.xp
+    C = shape[ax]
+    elem_shape = V.shape_of(z)[:-1]
+    sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
+    cw = _class_weight(be, class_weight, like, C, cdt)
+    keep = R.keep_mask(be, sw, None)
+    if keep is not None:
+        z = xp.where(keep[..., None], z, xp.zeros_like(z))
+        y = xp.where(keep[..., None], y, xp.zeros_like(y))
+    lse = be.logsumexp(z, axis=-1, keepdims=True)
+    logp = z - lse
+    ys = y if s == 0.0 else (1.0 - s) * y + s / C
+    w = ys if cw is None else ys * cw
+    if gamma != 0.0:
+        w = w * (-xp.expm1(logp)) ** gamma
+    loss = -xp.sum(w * _masked_logp(be, logp, w), axis=-1)
+    if zl != 0.0:
+        loss = loss + zl * lse[..., 0] ** 2
+    norm = None
+    if cw is not None:
+        norm = xp.sum(y * cw, axis=-1)
+        if sw is not None:
+            norm = norm * sw
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype)
+
+
+def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
+                                 class_weight: Any = None, label_smoothing: float = 0.0,
+                                 ignore_index: int | None = None, focal_gamma: float = 0.0,
+                                 z_loss: float = 0.0, sample_weight: Any = None,
+                                 reduction: str = "mean") -> Any:
+    r"""Softmax cross-entropy with integer class labels.
+
+    Identical, value and gradient, to :func:`softmax_cross_entropy` with the
+    one-hot encoding of ``labels``, without building it. Per element, with
+    ``p = softmax(z)``, ``t`` the label and ``w`` the class weights::
+
+        l = -(1 - s) * w_t * (1 - p_t)**g * log p_t
+            - (s / C) * sum_c w_c * (1 - p_c)**g * log p_c
+            + z_loss * logsumexp(z)**2
+
+    and the normalizing weight is ``n_i = sample_weight_i * w_{t_i}``
+    (PyTorch's weighted mean for ``"mean"``).
+
+    Args:
+      logits: ``[..., C, ...]`` floating-point scores, classes along ``axis``.
+      labels: integer class indices of the logits' shape without ``axis``.
+      axis: the class axis.
+      class_weight: ``[C]`` non-negative class weights.
+      label_smoothing: ``s`` in [0, 1].
+      ignore_index: a label value whose elements are ignored: they contribute
+        0 to the loss, the gradients and every denominator.
+      focal_gamma, z_loss, sample_weight, reduction: as in
+        :func:`softmax_cross_entropy`.
+
+    Returns:
+      ``[...]`` for ``"none"``, else a scalar; the logits' library and dtype.
+
+    Numerics: as :func:`softmax_cross_entropy`. Ignored elements and elements
+    with zero ``sample_weight`` contribute exactly 0 even with NaN logits. The
+    ``"mean"`` of a batch whose elements are all ignored is 0 with zero
+    gradients (PyTorch gives NaN).
+
+    Validation (eager only; under ``jax.jit`` the range check is skipped and an
+    out-of-range label gives an undefined result): labels must be integers of
+    the right shape, in ``[0, C)`` or equal to ``ignore_index``; the first
+    offending position is named.
+
+    Example:
+      >>> import numpy as np, xent
+      >>> z = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+      >>> xent.sparse_softmax_cross_entropy(z, np.array([0, 2]), reduction="none").round(6)
+      array([0.169846, 1.098612])
+
+    References: TensorFlow ``tf.nn.sparse_softmax_cross_entropy_with_logits``;
+    PyTorch ``torch.nn.functional.cross_entropy``.
+    """
+    be, logits = V.float_array(logits, "logits")
+    s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
+    ignore = V.ignore_index(ignore_index)
+    ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
+    shape = V.shape_of(logits)
+    C = shape[ax]
+    elem_shape = shape[:ax] + shape[ax + 1:]
+    t = V.convert(be, labels, logits, "labels")
+    V.same_shape(t, elem_shape, "labels",
+                 "one-hot or probability labels go to softmax_cross_entropy"
+                 if V.shape_of(t) == shape else "")
+    V.integer_labels(be, t, "labels",
+                     "probability labels go to softmax_cross_entropy")
+    V.class_indices(be, t, C, ignore)
+    return _sparse_from_z(be, z, t, C, cdt, logits.dtype, class_weight, s, gamma, zl,
+                          ignore, sample_weight, red, logits)
+
+
+def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, ignore,
+                   sample_weight, red, like):
+    xp = be.xp
+    elem_shape = V.shape_of(t)
+    valid = None
+    if ignore is not None:
+        valid = t != ignore
+        t = xp.where(valid, t, xp.zeros_like(t))
+    sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
+    if valid is not None:
+        vw = be.astype(valid, cdt)
+        sw = vw if sw is None else sw * vw
+    cw = _class_weight(be, class_weight, like, C, cdt)
+    keep = R.keep_mask(be, sw, valid)
+    if keep is not None:
+        z = xp.where(keep[..., None], z, xp.zeros_like(z))
+    t = be.astype(t, _index_dtype(be))
+    lse = be.logsumexp(z, axis=-1, keepdims=True)
+    z_t = be.take_along_axis(z, t[..., None], axis=-1)
+    logp_t = (z_t - lse)[..., 0]
+    w_t = None if cw is None else be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0)
+    if w_t is not None:
+        w_t = xp.reshape(w_t, elem_shape)
+    nll = -logp_t
+    if gamma != 0.0:
+        nll = nll * (-xp.expm1(logp_t)) ** gamma
+    if w_t is not None:
+        nll = nll * w_t
+    loss = nll if s == 0.0 else (1.0 - s) * nll
+    if s != 0.0:
+        logp = z - lse
+        wc = xp.ones_like(logp) if cw is None else xp.broadcast_to(cw, V.shape_of(logp))
+        if gamma != 0.0:
+            wc = wc * (-xp.expm1(logp)) ** gamma
+        loss = loss - (s / C) * xp.sum(wc * _masked_logp(be, logp, wc), axis=-1)
+    if zl != 0.0:
+        loss = loss + zl * lse[..., 0] ** 2
+    norm = None
+    if w_t is not None:
+        norm = w_t if sw is None else w_t * sw
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, valid=valid,
+                    out_dtype=out_dtype)
+
+
+def _index_dtype(be: Backend) -> Any:
+    if be.name == "torch":
+        return be.torch.int64
+    if be.name == "jax":
+        return be.jnp.int32
+    import numpy as np
+
+    return np.intp
