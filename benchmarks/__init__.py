@@ -1,0 +1,1 @@
+"""xent's benchmarks: ``python -m benchmarks`` (see benchmarks/registry.py)."""
