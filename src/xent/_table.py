@@ -1,0 +1,499 @@
+"""The one decision table behind ``choose``, ``check``, ``equivalents`` and the guide.
+
+Everything a user is told about *which* cross-entropy to use lives here as data:
+the label situations and the loss each one needs (``SITUATIONS``), the
+thresholds (``IMBALANCE_RATIO``, ``HUGE_CLASSES``, ``ROW_SUM_TOL``), the
+mistakes ``check`` reports (``FINDINGS``), the loss concepts with their peer
+calls in TensorFlow, PyTorch, Keras and optax (``CONCEPTS``), and every known
+name in those libraries (``NAMES``). ``choose.py`` reads the table; ``_guide.py``
+renders it as ``docs/choosing.md``; the tests check the table against the
+installed libraries (each name resolves, each peer call computes the same loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+
+# -- thresholds ---------------------------------------------------------------
+
+#: Class weights are suggested when the most frequent class is at least this
+#: many times as frequent as the least frequent one (per class for multi-label:
+#: negatives over positives or the reverse).
+IMBALANCE_RATIO = 5.0
+
+#: From this many classes on, the ``[N, C]`` logits (and their gradient) are
+#: the memory bottleneck: 8192 tokens x 32768 classes x 4 bytes = 1 GiB each.
+HUGE_CLASSES = 32_768
+
+#: Probability rows whose sum is within this of 1 count as normalized.
+ROW_SUM_TOL = 1e-3
+
+#: Significant digits of suggested weights (kept short so ``code`` stays readable).
+WEIGHT_DIGITS = 4
+
+
+# -- label situations -----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Situation:
+    key: str
+    title: str          # short name shown to users
+    labels: str         # what the labels look like
+    logits: str         # what the logits must look like
+    function: str       # the xent function to use
+    call: str           # the call, with {args} for the labels expression and options
+    why: str            # the reason, in plain words
+    alternatives: tuple[str, ...]
+    weight: str | None  # "pos_weight", "class_weight" or None
+
+
+SITUATIONS: dict[str, Situation] = {s.key: s for s in (
+    Situation(
+        "binary", "binary",
+        "one 0/1 (or bool, or soft in [0, 1]) label per example, shape [B]",
+        "[B]: one logit per example",
+        "sigmoid_cross_entropy", "xent.sigmoid_cross_entropy(logits, {labels})",
+        "Two exclusive outcomes need one logit, not two: sigmoid cross-entropy on one "
+        "logit per example is the two-class softmax with the other logit fixed at 0. "
+        "sparse_softmax_cross_entropy on [B, 2] logits gives the same loss with a "
+        "redundant logit; log_loss is for a model that already outputs probabilities.",
+        ("sparse_softmax_cross_entropy", "log_loss"), "pos_weight"),
+    Situation(
+        "multiclass", "multi-class, integer labels",
+        "one integer class index per example, shape [B] (or [B, T] for sequences)",
+        "[B, C] (or [B, T, C]): one logit per class",
+        "sparse_softmax_cross_entropy", "xent.sparse_softmax_cross_entropy(logits, {labels})",
+        "Exactly one of C classes is true, so the C logits compete through a softmax. "
+        "Integer labels are the cheap form: no one-hot array is built, and the loss and "
+        "gradients are the same as softmax_cross_entropy with one-hot rows.",
+        ("softmax_cross_entropy",), "class_weight"),
+    Situation(
+        "onehot", "multi-class, one-hot labels",
+        "one-hot rows, shape [B, C]",
+        "[B, C]: one logit per class",
+        "sparse_softmax_cross_entropy",
+        "xent.sparse_softmax_cross_entropy(logits, {labels}.argmax(-1))",
+        "Each one-hot row holds one class, so the classes are exclusive: softmax. Their "
+        "indices labels.argmax(-1) give exactly the same loss and gradients without the "
+        "[B, C] label array; softmax_cross_entropy(logits, labels) takes the rows as "
+        "they are (float or bool).",
+        ("softmax_cross_entropy",), "class_weight"),
+    Situation(
+        "soft", "soft labels (exclusive classes)",
+        "probability rows that sum to 1 (label smoothing, distillation, mixup), shape [B, C]",
+        "[B, C]: one logit per class",
+        "softmax_cross_entropy", "xent.softmax_cross_entropy(logits, {labels})",
+        "Each row is a distribution over exclusive classes, so the loss is the "
+        "cross-entropy between it and softmax(logits). When the soft labels are only "
+        "smoothed one-hot labels, sparse_softmax_cross_entropy with label_smoothing "
+        "gives the same loss from the integer labels.",
+        ("sparse_softmax_cross_entropy",), "class_weight"),
+    Situation(
+        "multilabel", "multi-label",
+        "0/1 (or soft) per class, any number of 1s per row, shape [B, C]",
+        "[B, C]: one logit per class",
+        "sigmoid_cross_entropy", "xent.sigmoid_cross_entropy(logits, {labels})",
+        "Several classes can be true at once, so every class is its own yes/no question: "
+        "one sigmoid per logit, never a softmax (a softmax makes the classes compete and "
+        "cannot put probability near 1 on two of them).",
+        ("log_loss",), "pos_weight"),
+    Situation(
+        "huge", "huge vocabulary",
+        f"integer indices into a very large class set (>= {HUGE_CLASSES} classes), "
+        "e.g. next-token prediction",
+        "never built: inputs [N, D] and classifier [V, D]",
+        "linear_cross_entropy", "xent.linear_cross_entropy(inputs, classifier, {labels})",
+        "With this many classes the [N, V] logits and their gradient dominate memory. "
+        "linear_cross_entropy computes the exact loss of inputs @ classifier.T chunk by "
+        "chunk and never holds the logits. For training only, sampled_softmax_loss (or "
+        "nce_loss) is cheaper per step but approximate: evaluate with the exact loss, "
+        "linear_cross_entropy or sparse_softmax_cross_entropy on the full logits.",
+        ("sampled_softmax_loss", "nce_loss", "sparse_softmax_cross_entropy"), None),
+)}
+
+#: ``choose(task=...)`` names (lower case, letters and digits only) -> situation.
+TASKS: dict[str, str] = {
+    "binary": "binary", "multiclass": "multiclass", "categorical": "multiclass",
+    "sparse": "multiclass", "onehot": "onehot", "soft": "soft", "softlabels": "soft",
+    "distillation": "soft", "multilabel": "multilabel", "huge": "huge",
+    "vocabulary": "huge", "languagemodel": "huge", "languagemodeling": "huge", "lm": "huge",
+    "extreme": "huge", "extremeclassification": "huge",
+}
+
+#: How the suggested weights are computed (shown by ``choose`` and in the guide).
+WEIGHT_FORMULAS = {
+    "pos_weight": "pos_weight = (number of negatives) / (number of positives), per class "
+                  "(PyTorch's advice for BCEWithLogitsLoss): the positives then weigh as much "
+                  "in total as the negatives",
+    "class_weight": "class_weight[c] = N / (C * count[c]) (inverse frequency, scikit-learn's "
+                    "'balanced'): every class then weighs as much in total, and the weights "
+                    "average to 1 over the examples",
+}
+
+
+# -- what check() reports ---------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FindingKind:
+    code: str
+    severity: str
+    what: str
+    fix: str
+
+
+FINDINGS: dict[str, FindingKind] = {f.code: f for f in (
+    FindingKind("probabilities_as_logits", "error",
+                "the logits are already probabilities (rows in [0, 1] summing to 1: softmax "
+                "applied twice), or probabilities were expected and logits came",
+                "pass the scores from before the softmax / sigmoid; or, with probabilities "
+                "only, xent.softmax_cross_entropy(log(p), labels) / xent.log_loss(p, labels)"),
+    FindingKind("multi_hot_to_softmax", "error",
+                "labels with several 1s per row given to a softmax loss",
+                "use xent.sigmoid_cross_entropy: multi-label classes are independent"),
+    FindingKind("labels_not_normalized", "error",
+                "probability labels for a softmax loss whose rows do not sum to 1",
+                "divide each row by its sum, or use sigmoid_cross_entropy if classes are "
+                "independent"),
+    FindingKind("shape_mismatch", "error",
+                "logits and labels do not fit: [B, 1] vs [B], a transposed class axis, a "
+                "single class under softmax, or shapes that only broadcast",
+                "squeeze / transpose as the message says, or pass axis="),
+    FindingKind("label_out_of_range", "error",
+                "an integer label outside [0, C), or a probability label outside [0, 1]",
+                "fix the labels; padding such as -100 needs ignore_index=-100"),
+    FindingKind("non_finite", "error",
+                "NaN or infinite logits or labels (-inf logits are legal on classes whose "
+                "label is 0)",
+                "find where they come from; padding rows need sample_weight 0"),
+    FindingKind("class_imbalance", "warning",
+                f"the most frequent class is at least {IMBALANCE_RATIO:g} times as frequent as "
+                "the least frequent one",
+                "pass the suggested pos_weight / class_weight (inverse frequency)"),
+)}
+
+
+# -- loss concepts and their peers --------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Concept:
+    key: str
+    about: str
+    xent: str | None
+    tensorflow: str | None
+    pytorch: str | None
+    keras: str | None
+    optax: str | None
+    labels: str          # which label data the peer calls take (for the tests)
+
+
+CONCEPTS: dict[str, Concept] = {c.key: c for c in (
+    Concept("softmax", "exclusive classes, one-hot or soft probability labels [B, C]",
+            "xent.softmax_cross_entropy(logits, labels)",
+            "tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)",
+            "torch.nn.functional.cross_entropy(logits, labels)",
+            "keras.losses.categorical_crossentropy(labels, logits, from_logits=True)",
+            "optax.softmax_cross_entropy(logits, labels)", "probabilities"),
+    Concept("sparse_softmax", "exclusive classes, integer labels [B]",
+            "xent.sparse_softmax_cross_entropy(logits, labels)",
+            "tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)",
+            "torch.nn.functional.cross_entropy(logits, labels)",
+            "keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)",
+            "optax.softmax_cross_entropy_with_integer_labels(logits, labels)", "indices"),
+    Concept("sigmoid", "binary or multi-label: every entry its own yes/no, labels in [0, 1]",
+            "xent.sigmoid_cross_entropy(logits, labels)",
+            "tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)",
+            "torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)",
+            "keras.losses.binary_crossentropy(labels, logits, from_logits=True)",
+            "optax.sigmoid_binary_cross_entropy(logits, labels)", "multi_hot"),
+    Concept("weighted_sigmoid", "sigmoid cross-entropy with the positive term weighted",
+            "xent.sigmoid_cross_entropy(logits, labels, pos_weight=pos_weight)",
+            "tf.nn.weighted_cross_entropy_with_logits(labels=labels, logits=logits, "
+            "pos_weight=pos_weight)",
+            "torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, "
+            "pos_weight=pos_weight)",
+            None, None, "multi_hot"),
+    Concept("sigmoid_focal", "focal loss, independent labels (Lin et al. 2017)",
+            "xent.sigmoid_cross_entropy(logits, labels, focal_gamma=2.0)",
+            "tf.keras.losses.binary_focal_crossentropy(labels, logits, gamma=2.0, "
+            "from_logits=True)",
+            None,
+            "keras.losses.binary_focal_crossentropy(labels, logits, gamma=2.0, "
+            "from_logits=True)",
+            "optax.sigmoid_focal_loss(logits, labels, gamma=2.0)", "multi_hot"),
+    Concept("softmax_focal", "focal loss, exclusive classes",
+            "xent.softmax_cross_entropy(logits, labels, focal_gamma=2.0)",
+            "tf.keras.losses.categorical_focal_crossentropy(labels, logits, alpha=1.0, "
+            "gamma=2.0, from_logits=True)",
+            None,
+            "keras.losses.categorical_focal_crossentropy(labels, logits, alpha=1.0, "
+            "gamma=2.0, from_logits=True)",
+            None, "probabilities"),
+    Concept("log_loss", "binary cross-entropy on probabilities (not logits)",
+            "xent.log_loss(probabilities, labels)",
+            "tf.compat.v1.losses.log_loss(labels, probabilities)",
+            "torch.nn.functional.binary_cross_entropy(probabilities, labels)",
+            "keras.losses.binary_crossentropy(labels, probabilities)",
+            None, "binary"),
+    Concept("nll", "negative log-likelihood of log-probabilities, integer labels",
+            "xent.sparse_softmax_cross_entropy(log_probabilities, labels)",
+            None, "torch.nn.functional.nll_loss(log_probabilities, labels)", None, None,
+            "indices"),
+    Concept("linear", "exact softmax cross-entropy of inputs @ classifier.T, logits never held",
+            "xent.linear_cross_entropy(inputs, classifier, labels)",
+            None, "torch.nn.functional.linear_cross_entropy(inputs, classifier, labels)",
+            None, None, "indices"),
+    Concept("sampled_softmax", "sampled softmax (training only) for huge class counts",
+            "xent.sampled_softmax_loss(inputs, classifier, labels, num_sampled=num_sampled, "
+            "bias=bias)",
+            "tf.nn.sampled_softmax_loss(weights=classifier, biases=bias, labels=labels, "
+            "inputs=inputs, num_sampled=num_sampled, num_classes=num_classes)",
+            None, None, None, "indices"),
+    Concept("nce", "noise-contrastive estimation (training only) for huge class counts",
+            "xent.nce_loss(inputs, classifier, labels, num_sampled=num_sampled, bias=bias)",
+            "tf.nn.nce_loss(weights=classifier, biases=bias, labels=labels, inputs=inputs, "
+            "num_sampled=num_sampled, num_classes=num_classes)",
+            None, None, None, "indices"),
+    Concept("generalized", "generalized cross-entropy (Zhang & Sabuncu 2018), noise-robust; "
+            "not in xent",
+            None,
+            "tf.keras.losses.categorical_generalized_cross_entropy(labels, probabilities, "
+            "q=0.5)",
+            None,
+            "keras.losses.categorical_generalized_cross_entropy(labels, probabilities, q=0.5)",
+            None, "indices"),
+)}
+
+
+# -- every known name ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+    name: str            # full dotted name as the library spells it
+    library: str         # "xent", "tensorflow", "pytorch", "keras", "optax", "sklearn"
+    concept: str
+    reduction: str       # the xent reduction that reproduces the name's default
+    note: str = ""
+    historical: bool = False   # no longer in the library (kept so old code can be read)
+    options: str = ""    # extra xent keyword arguments, e.g. 'label_gradient=False'
+    xent: str | None = None    # a full xent call when the concept's is not right
+
+    def xent_call(self) -> str | None:
+        """The xent call that reproduces this name's defaults."""
+        call = self.xent if self.xent is not None else CONCEPTS[self.concept].xent
+        if call is None:
+            return None
+        extra = [o for o in (self.options,) if o]
+        if self.reduction != "mean":
+            extra.append(f'reduction="{self.reduction}"')
+        return call[:-1] + "".join(", " + e for e in extra) + ")" if extra else call
+
+
+_PROBS = ("Keras takes probabilities by default (from_logits=False); with logits pass "
+          "from_logits=True. With probabilities p: {prob}.")
+_PROB_SOFTMAX = _PROBS.format(prob="xent.softmax_cross_entropy(log(p), labels)")
+_PROB_SPARSE = _PROBS.format(prob="xent.sparse_softmax_cross_entropy(log(p), labels)")
+_PROB_SIGMOID = _PROBS.format(prob="xent.log_loss(p, labels)") + (
+    " The function form averages over the last axis, xent keeps every entry.")
+_FOCAL_ALPHA = (" Keras multiplies by alpha=0.25 by default; xent has no alpha (pass "
+                "alpha=1.0 to match, or scale the loss).")
+_KERAS = {  # Keras class / function -> (concept, note)
+    "BinaryCrossentropy": ("sigmoid", _PROB_SIGMOID),
+    "binary_crossentropy": ("sigmoid", _PROB_SIGMOID),
+    "CategoricalCrossentropy": ("softmax", _PROB_SOFTMAX),
+    "categorical_crossentropy": ("softmax", _PROB_SOFTMAX),
+    "SparseCategoricalCrossentropy": ("sparse_softmax", _PROB_SPARSE),
+    "sparse_categorical_crossentropy": ("sparse_softmax", _PROB_SPARSE),
+    "BinaryFocalCrossentropy": ("sigmoid_focal", _PROB_SIGMOID),
+    "binary_focal_crossentropy": ("sigmoid_focal", _PROB_SIGMOID),
+    "CategoricalFocalCrossentropy": ("softmax_focal", _PROB_SOFTMAX + _FOCAL_ALPHA),
+    "categorical_focal_crossentropy": ("softmax_focal", _PROB_SOFTMAX + _FOCAL_ALPHA),
+    "CategoricalGeneralizedCrossEntropy": ("generalized", "takes probabilities; xent has none"),
+    "categorical_generalized_cross_entropy": ("generalized",
+                                              "takes probabilities; xent has none"),
+}
+_METRICS = ("BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy",
+            "binary_crossentropy", "binary_focal_crossentropy", "categorical_crossentropy",
+            "categorical_focal_crossentropy", "sparse_categorical_crossentropy")
+_OPS = ("binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy")
+
+_TF_NN = {  # tf.nn name -> (concept, note)
+    "softmax_cross_entropy_with_logits": ("softmax", "TF 2: gradients reach the labels too "
+                                          "(xent's label_gradient=True)."),
+    "sparse_softmax_cross_entropy_with_logits": ("sparse_softmax", ""),
+    "sigmoid_cross_entropy_with_logits": ("sigmoid", ""),
+    "weighted_cross_entropy_with_logits": ("weighted_sigmoid", ""),
+    "sampled_softmax_loss": ("sampled_softmax", "Training only; evaluate with the full softmax."),
+    "nce_loss": ("nce", "Training only; evaluate with the full softmax."),
+}
+_TF_V1_LOSSES = {  # tf.compat.v1.losses name -> (concept, note)
+    "softmax_cross_entropy": ("softmax", "Arguments (onehot_labels, logits, weights); "
+                              "label_smoothing as xent's."),
+    "sparse_softmax_cross_entropy": ("sparse_softmax", "Arguments (labels, logits, weights)."),
+    "sigmoid_cross_entropy": ("sigmoid", "Arguments (multi_class_labels, logits, weights); "
+                              "label_smoothing moves labels towards 1/2 as xent's."),
+    "log_loss": ("log_loss", "Arguments (labels, predictions, weights, epsilon=1e-7)."),
+}
+_V1_REDUCTION = " Default reduction SUM_BY_NONZERO_WEIGHTS, xent's \"sum_by_nonzero_weights\"."
+_TORCH_F = {  # torch.nn.functional name -> (concept, note, xent override)
+    "cross_entropy": ("sparse_softmax", "Class-index targets; with probability targets (the "
+                      "logits' shape) it is xent.softmax_cross_entropy. weight= is xent's "
+                      "class_weight.", None),
+    "nll_loss": ("nll", "Takes log-probabilities (log_softmax output); they are valid logits "
+                 "for xent.", None),
+    "binary_cross_entropy": ("log_loss", "Takes probabilities; PyTorch clamps log at -100 "
+                             "where xent adds epsilon=1e-7.", None),
+    "binary_cross_entropy_with_logits": ("sigmoid", "pos_weight= is xent's pos_weight; weight= "
+                                         "is xent's sample_weight.", None),
+    "multilabel_soft_margin_loss": ("sigmoid", "Averages over classes, then over the batch: "
+                                    "xent's mean over all entries.", None),
+    "soft_margin_loss": ("sigmoid", "Labels in {-1, 1}: log(1 + exp(-y * x)) is the sigmoid "
+                         "cross-entropy of (y + 1) / 2.",
+                         "xent.sigmoid_cross_entropy(logits, (labels + 1) / 2)"),
+    "linear_cross_entropy": ("linear", "", None),
+}
+_TORCH_NN = {  # torch.nn module -> functional name
+    "CrossEntropyLoss": "cross_entropy", "NLLLoss": "nll_loss",
+    "BCELoss": "binary_cross_entropy", "BCEWithLogitsLoss": "binary_cross_entropy_with_logits",
+    "MultiLabelSoftMarginLoss": "multilabel_soft_margin_loss",
+    "SoftMarginLoss": "soft_margin_loss", "LinearCrossEntropyLoss": "linear_cross_entropy",
+}
+_OPTAX = {  # optax name -> (concept, note)
+    "softmax_cross_entropy": ("softmax", ""),
+    "safe_softmax_cross_entropy": ("softmax", "Safe with -inf logits; so is xent."),
+    "softmax_cross_entropy_with_integer_labels": ("sparse_softmax", ""),
+    "sigmoid_binary_cross_entropy": ("sigmoid", ""),
+    "sigmoid_focal_loss": ("sigmoid_focal", "alpha=None by default; xent has no alpha."),
+}
+_XENT = {  # xent name -> concept
+    "softmax_cross_entropy": "softmax", "sparse_softmax_cross_entropy": "sparse_softmax",
+    "sigmoid_cross_entropy": "sigmoid", "log_loss": "log_loss",
+    "linear_cross_entropy": "linear", "sampled_softmax_loss": "sampled_softmax",
+    "nce_loss": "nce",
+}
+
+
+def _names() -> list[Name]:
+    """Every known name, in priority order (earlier wins for a bare, ambiguous name)."""
+    out = [Name(f"xent.{n}", "xent", c, "mean") for n, c in _XENT.items()]
+    for f, (c, note, xent) in _TORCH_F.items():
+        out.append(Name(f"torch.nn.functional.{f}", "pytorch", c, "mean", note, xent=xent))
+    for m, f in _TORCH_NN.items():
+        c, note, xent = _TORCH_F[f]
+        out.append(Name(f"torch.nn.{m}", "pytorch", c, "mean", note, xent=xent))
+    out.append(Name("torch.nn.AdaptiveLogSoftmaxWithLoss", "pytorch", "linear", "mean",
+                    "An approximation with frequency clusters (Grave et al. 2017); the exact "
+                    "memory-light loss is linear_cross_entropy."))
+    out.append(Name("torch.nn.NLLLoss2d", "pytorch", "nll", "mean",
+                    "Deprecated alias of NLLLoss (classes on axis 1: xent axis=1)."))
+    for prefix, library, lo, cls in (("keras.losses", "keras", "none", "sum_over_batch_size"),
+                                     ("tf.keras.losses", "tensorflow", "none",
+                                      "sum_over_batch_size"),
+                                     ("tf.losses", "tensorflow", "none", "sum_over_batch_size"),
+                                     ("tf.compat.v1.keras.losses", "tensorflow", "none",
+                                      "sum_over_batch_size")):
+        for n, (c, note) in _KERAS.items():
+            red = cls if n[0].isupper() else lo
+            out.append(Name(f"{prefix}.{n}", library, c, red, note))
+    for prefix, library in (("keras.metrics", "keras"), ("tf.keras.metrics", "tensorflow")):
+        for n in _METRICS:
+            c, note = _KERAS[n]
+            if n[0].isupper():
+                note = "A metric: the running mean over every batch seen. " + note
+            out.append(Name(f"{prefix}.{n}", library, c, "mean" if n[0].isupper() else "none",
+                            note))
+    for n in _OPS:
+        c, note = _KERAS[n]
+        out.append(Name(f"keras.ops.{n}", "keras", c, "none", note))
+    for n in ("binary_crossentropy", "binary_focal_crossentropy", "categorical_crossentropy",
+              "categorical_focal_crossentropy", "sparse_categorical_crossentropy"):
+        c, note = _KERAS[n]
+        out.append(Name(f"tf.keras.backend.{n}", "tensorflow", c, "none", note))
+    for n in ("binary_crossentropy", "categorical_crossentropy",
+              "sparse_categorical_crossentropy"):
+        c, note = _KERAS[n]
+        out.append(Name(f"keras.backend.{n}", "keras", c, "none",
+                        "Keras 2; gone from Keras 3 (use keras.ops). " + note, historical=True))
+    for prefix in ("tf.nn", "tf.compat.v2.nn", "tf.compat.v1.nn"):
+        for n, (c, note) in _TF_NN.items():
+            options = ""
+            if prefix == "tf.compat.v1.nn" and n == "softmax_cross_entropy_with_logits":
+                note, options = ("TF 1 semantics: the labels are constants (no gradient "
+                                 "reaches them)."), "label_gradient=False"
+            out.append(Name(f"{prefix}.{n}", "tensorflow", c, "none", note, options=options))
+    out.append(Name("tf.compat.v1.nn.softmax_cross_entropy_with_logits_v2", "tensorflow",
+                    "softmax", "none", "TF 1's name for TF 2's softmax_cross_entropy_with_logits."))
+    out.append(Name("tf.nn.softmax_cross_entropy_with_logits_v2", "tensorflow", "softmax",
+                    "none", "TF 1.x; now tf.nn.softmax_cross_entropy_with_logits.",
+                    historical=True))
+    for n, (c, note) in _TF_V1_LOSSES.items():
+        out.append(Name(f"tf.compat.v1.losses.{n}", "tensorflow", c, "sum_by_nonzero_weights",
+                        note + _V1_REDUCTION))
+    for n, (c, note) in _TF_V1_LOSSES.items():
+        out.append(Name(f"tf.losses.{n}", "tensorflow", c, "sum_by_nonzero_weights",
+                        f"TF 1.x; now tf.compat.v1.losses.{n}. " + note + _V1_REDUCTION,
+                        historical=True))
+    for n, (c, note) in _TF_V1_LOSSES.items():
+        out.append(Name(f"tf.contrib.losses.{n}", "tensorflow", c, "sum_by_nonzero_weights",
+                        "tf.contrib was removed in TF 2.0. " + note + _V1_REDUCTION,
+                        historical=True))
+    out.append(Name("tf.contrib.nn.sampled_sparse_softmax_loss", "tensorflow",
+                    "sampled_softmax", "none", "tf.contrib was removed in TF 2.0.",
+                    historical=True))
+    out.append(Name("tf.contrib.seq2seq.sequence_loss", "tensorflow", "sparse_softmax", "mean",
+                    "tf.contrib was removed in TF 2.0. Averages over time steps and batch "
+                    "with the weights mask.", historical=True,
+                    xent="xent.sparse_softmax_cross_entropy(logits, labels, "
+                         "sample_weight=weights)"))
+    for prefix in ("optax", "optax.losses"):
+        for n, (c, note) in _OPTAX.items():
+            out.append(Name(f"{prefix}.{n}", "optax", c, "none", note))
+    out.append(Name("sklearn.metrics.log_loss", "sklearn", "log_loss", "mean",
+                    "Takes probabilities. For multi-class probabilities p: "
+                    "xent.sparse_softmax_cross_entropy(log(p), labels)."))
+    return out
+
+
+NAMES: tuple[Name, ...] = tuple(_names())
+_BY_NAME: dict[str, Name] = {}
+for _n in NAMES:
+    _BY_NAME.setdefault(_n.name, _n)
+
+_ALIASES = (("tensorflow.", "tf."), ("F.", "torch.nn.functional."),
+            ("functional.", "torch.nn.functional."), ("nn.", "torch.nn."))
+
+
+def lookup(name: str) -> Name:
+    """The table entry for a name from any library (full, aliased or bare)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got a {type(name).__name__}")
+    q = re.sub(r"\(.*\)$", "", name.strip())
+    for short, full in _ALIASES:
+        if q.startswith(short):
+            q = full + q[len(short):]
+            break
+    if q in _BY_NAME:
+        return _BY_NAME[q]
+    for fold in (False, True):
+        key = q.lower() if fold else q
+        hits = [n for n in NAMES
+                if (n.name.lower() if fold else n.name) == key
+                or (n.name.rsplit(".", 1)[-1].lower() if fold
+                    else n.name.rsplit(".", 1)[-1]) == key]
+        current = [n for n in hits if not n.historical]
+        if current or hits:
+            return (current or hits)[0]
+    raise ValueError(unknown_message(name))
+
+
+def unknown_message(name: str) -> str:
+    pool = sorted({n.name for n in NAMES} | {n.name.rsplit(".", 1)[-1] for n in NAMES})
+    close = difflib.get_close_matches(name.strip(), pool, n=4, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(name.strip().rsplit(".", 1)[-1], pool, n=4,
+                                          cutoff=0.5)
+    hint = ("did you mean " + ", ".join(repr(c) for c in close) + "?") if close else (
+        "known names look like 'F.cross_entropy', 'tf.nn.sampled_softmax_loss', "
+        "'SparseCategoricalCrossentropy'; `xent equivalents --list` lists them all")
+    return f"unknown cross-entropy name {name!r}: {hint}"
