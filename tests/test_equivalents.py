@@ -217,6 +217,9 @@ def _formula(key, d):
     if key == "log_loss":
         p, t = d["p_binary"], d["binary"]
         return np.mean(-(t * np.log(p + 1e-7) + (1 - t) * np.log(1 - p + 1e-7)))
+    if key == "poly":
+        pt = (d["probs"] * np.exp(lp)).sum(-1)
+        return np.mean(-(d["probs"] * lp).sum(-1) + 2.0 * (1 - pt))
     if key == "generalized":
         return np.mean((1 - d["probs"][np.arange(B), idx] ** Q) / Q)
     raise KeyError(key)

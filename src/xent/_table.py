@@ -263,6 +263,10 @@ CONCEPTS: dict[str, Concept] = {c.key: c for c in (
             None,
             "keras.losses.categorical_generalized_cross_entropy(labels, probabilities, q=0.5)",
             None, "indices"),
+    Concept("poly", "PolyLoss (Leng et al. 2022): cross-entropy + epsilon * (1 - p_t); not in "
+            "xent (softmax_cross_entropy is its epsilon = 0)",
+            None, None, None, None,
+            "optax.losses.poly_loss_cross_entropy(logits, labels, epsilon=2.0)", "probabilities"),
 )}
 
 
@@ -449,6 +453,8 @@ def _names() -> list[Name]:
     for prefix in ("optax", "optax.losses"):
         for n, (c, note) in _OPTAX.items():
             out.append(Name(f"{prefix}.{n}", "optax", c, "none", note))
+    out.append(Name("optax.losses.poly_loss_cross_entropy", "optax", "poly", "none",
+                    "Not in xent: softmax_cross_entropy is its epsilon=0 case."))
     out.append(Name("sklearn.metrics.log_loss", "sklearn", "log_loss", "mean",
                     "Takes probabilities. For multi-class probabilities p: "
                     "xent.sparse_softmax_cross_entropy(log(p), labels)."))
