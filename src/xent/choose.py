@@ -188,7 +188,7 @@ def _dense(f: np.ndarray, is01: bool, shape: tuple) -> _Seen:
     C = shape[-1]
     if is01:
         if ok.all():
-            return _Seen("onehot", C, shape, f"one-hot rows over {C} classes", rows.sum(0),
+            return _Seen("huge" if C >= T.HUGE_CLASSES else "onehot", C, shape, f"one-hot rows over {C} classes", rows.sum(0),
                          float(len(rows)))
         many = int((sums > 1).sum())
         return _Seen("multilabel", C, shape,
@@ -359,7 +359,7 @@ def choose(labels: Any = None, /, *, task: str | None = None, num_classes: int |
     kwargs, balance = _balance(seen, imbalanced)
     if seen.ignore_index is not None:
         kwargs["ignore_index"] = seen.ignore_index
-    return _recommend(seen.situation, kwargs, _labels_expr(seen, labels),
+    return _recommend(seen.situation, kwargs, _labels_expr(seen, labels, y.dtype.kind),
                       f"Your labels: {seen.what}, shape {list(seen.shape)}.",
                       [balance] + seen.notes)
 
@@ -395,12 +395,13 @@ def _agree(seen: _Seen, wanted: str | None, exclusive: bool | None, soft: bool |
         raise ValueError(f"soft=False does not fit the labels: they are {seen.what}")
 
 
-def _labels_expr(seen: _Seen, labels: Any) -> str:
+def _labels_expr(seen: _Seen, labels: Any, kind: str) -> str:
     expr = "labels"
-    if seen.cast:
+    torch_bool_rows = (kind == "b" and library_of(labels) == "torch"
+                       and seen.situation in ("onehot", "huge"))
+    if seen.cast or torch_bool_rows:  # torch has no argmax for bool
         expr = "labels.long()" if library_of(labels) == "torch" else "labels.astype('int64')"
-    if seen.situation == "onehot" or (seen.situation == "huge" and len(seen.shape) >= 2
-                                      and seen.shape[-1] == seen.num_classes):
+    if seen.situation == "huge" and len(seen.shape) >= 2 and seen.shape[-1] == seen.num_classes:
         expr += ".argmax(-1)"
     return expr
 
