@@ -533,10 +533,12 @@ def check(logits: Any, labels: Any, /, *, loss: str | None = None) -> list[Findi
     family = _loss_family(loss) if loss is not None else None
     if family == "torch_cross_entropy":  # indices or probabilities, by shape (as PyTorch)
         family = "softmax" if yf.shape == z.shape else "sparse"
-    out: list[Finding] = []
-    out += _non_finite(z, "logits", finite_ok=True) + _non_finite(yf, "labels")
     if family is None:
         family = _guess_family(z, yf)
+    # -inf logits may mask classes; +inf is harmless only for sigmoid with label 1 (both
+    # are judged against the labels below)
+    out = _non_finite(z, "logits", allow="-inf" if family != "sigmoid" else "inf")
+    out += _non_finite(yf, "labels")
     shape_problem = _shapes(z, yf, family)
     if shape_problem is not None:
         out.append(shape_problem)
@@ -570,6 +572,10 @@ def _loss_family(loss: Any) -> str:
 def _guess_family(z: np.ndarray, y: np.ndarray) -> str:
     zs, ys = tuple(z.shape), tuple(y.shape)
     if ys != zs:
+        if zs == ys + (1,) or ys == zs + (1,):
+            return "sigmoid"
+        if z.ndim >= 2 and ys == zs[:-1]:
+            return "sparse"
         fin = y[np.isfinite(y)]
         whole = bool(np.all(fin == np.round(fin)))
         if z.ndim >= 2 and whole and (y.ndim == z.ndim - 1 or ys == zs[:-1] + (1,)):
@@ -587,8 +593,9 @@ def _guess_family(z: np.ndarray, y: np.ndarray) -> str:
     return "softmax" if ok.mean() >= 0.5 else "sigmoid"
 
 
-def _non_finite(x: np.ndarray, name: str, finite_ok: bool = False) -> list[Finding]:
-    bad = np.isnan(x) | (np.isposinf(x) if finite_ok else ~np.isfinite(x))
+def _non_finite(x: np.ndarray, name: str, allow: str = "") -> list[Finding]:
+    bad = {"": ~np.isfinite(x), "-inf": np.isnan(x) | np.isposinf(x),
+           "inf": np.isnan(x)}[allow]
     if not bad.any():
         return []
     p = _pos(bad)
