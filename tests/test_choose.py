@@ -391,6 +391,8 @@ def test_bad_argument_types():
     (np.full((4, 2), 0.5), dict(soft=False), "soft=False does not fit"),
     (np.array([0.0, 2.5, 1.0]), {}, r"2.5 at position \(1,\): neither class indices"),
     (np.array([[0.1, -0.3]]), {}, "neither class indices"),
+    (np.array([0.2, 0.5]), dict(num_classes=10), "one value per example are binary, but "
+                                                 "num_classes=10"),
     (np.array([0.0, np.nan]), {}, r"labels must be finite, got nan at position \(1,\)"),
     (np.zeros((0,), dtype=int), {}, r"labels is empty \(shape \(0,\)\)"),
     (np.array(1), {}, "got a scalar"),

@@ -377,3 +377,14 @@ def test_v1_softmax_stops_the_label_gradient_like_tensorflow():
         np.testing.assert_allclose(got, tf_grad, atol=1e-12)
         grads[name] = tf_grad
     assert np.abs(grads["tf.nn.softmax_cross_entropy_with_logits"]).max() > 0.1
+
+
+@pytest.mark.parametrize("key", ["sampled_softmax", "nce"])
+def test_sampled_xent_calls_run_once_built(key):
+    call = T.CONCEPTS[key].xent
+    if not hasattr(xent, callee(call).split(".")[1]):
+        pytest.skip(f"{callee(call)} is built on another branch")
+    rng = np.random.default_rng(0)
+    env = {"xent": xent, "inputs": rng.normal(size=(4, 3)), "classifier": rng.normal(size=(10, 3)),
+           "labels": np.array([1, 2, 3, 9]), "num_sampled": 3, "bias": np.zeros(10)}
+    assert np.isfinite(float(np.asarray(eval(call, env))))

@@ -159,7 +159,7 @@ def _infer(y: np.ndarray, num_classes: int | None) -> _Seen:
     dense_hint = num_classes is not None and y.ndim >= 2 and last == num_classes
     binary = None
     if y.ndim == 1 or (last == 1 and in01 and not dense_hint):
-        if in01 and (not is01 or num_classes in (None, 1, 2)):
+        if in01 and num_classes in (None, 1, 2):
             binary = ("soft binary labels" if not is01 else "0/1 labels") + ", one per example"
     elif in01:
         if dense_hint or num_classes is None or not is01:
@@ -173,6 +173,9 @@ def _infer(y: np.ndarray, num_classes: int | None) -> _Seen:
                               "(or squeeze both): [B, 1] against [B] is an error, not a "
                               "broadcast.")
         return seen
+    if not whole and in01:
+        raise ValueError(f"labels in [0, 1] with one value per example are binary, but "
+                         f"num_classes={num_classes}")
     if not whole:
         p = _pos((f != np.round(f)) & ((f < 0) | (f > 1)))
         raise ValueError(
@@ -521,6 +524,10 @@ def check(logits: Any, labels: Any, /, *, loss: str | None = None) -> list[Findi
       ['probabilities_as_logits']
       >>> xent.check(np.log(p), np.array([0, 1]))
       []
+
+    References: the input contracts of ``tf.nn.softmax_cross_entropy_with_logits``
+    and ``torch.nn.CrossEntropyLoss`` (logits, not probabilities; labels summing
+    to 1); PyTorch ``BCEWithLogitsLoss`` for ``pos_weight``.
     """
     be, logits = backend_of(logits, "logits")
     convert(be, labels, logits, "labels")
