@@ -67,9 +67,11 @@ def render() -> str:
         out.append(f"- `{name}`: {formula}.")
     out += [
         "",
-        "`pos_weight` belongs to the sigmoid family (binary, multi-label), `class_weight` "
-        "to the softmax family. With `\"mean\"` xent divides by the summed weights, so the "
-        "weights change the balance, not the scale of the loss.",
+        "`pos_weight` belongs to the sigmoid family (binary, multi-label) and scales the "
+        "positive term only (`\"mean\"` still divides by the number of entries, as PyTorch "
+        "and TensorFlow do). `class_weight` belongs to the softmax family; there "
+        "`\"mean\"` divides by the summed weights of the examples, so the weights change "
+        "the balance, not the scale of the loss.",
         "",
         "## Huge class counts",
         "",
