@@ -6,6 +6,8 @@ library, device and dtype. See ``shared/API.md`` for the contract and
 ``docs/choosing.md`` for which loss fits which labels.
 """
 
+from . import samplers
+from .sampled import nce_loss, sampled_softmax_loss
 from .sigmoid import log_loss, sigmoid_cross_entropy
 from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 
@@ -13,6 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "log_loss",
+    "nce_loss",
+    "sampled_softmax_loss",
+    "samplers",
     "sigmoid_cross_entropy",
     "softmax_cross_entropy",
     "sparse_softmax_cross_entropy",

@@ -1,0 +1,292 @@
+"""Sampled softmax and NCE: training losses over huge class counts, TensorFlow's semantics.
+
+Both losses score each example against its ``num_true`` true classes and one
+set of ``num_sampled`` candidate classes shared by the whole batch, so a step
+costs O(N * (num_true + num_sampled) * D) instead of O(N * V * D). They are
+estimators for training; evaluate with the full softmax
+(:func:`xent.sparse_softmax_cross_entropy` or :func:`xent.linear_cross_entropy`).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from . import _reduce as R
+from . import _validate as V
+from ._backend import Backend, describe
+from .samplers import Sample, _int_dtype, _num_sampled, as_sampler
+
+__all__ = ["sampled_softmax_loss", "nce_loss"]
+
+# TensorFlow adds -FLT_MAX to the logits of accidental hits; xent puts it there
+# with a `where`, so no gradient reaches them.
+_HIT_LOGIT = -3.4028234663852886e38
+
+
+def _matrix(be: Backend, x: Any, like: Any, name: str, ndim: int, what: str) -> Any:
+    if name != "inputs":
+        x = V.convert(be, x, like, name, "inputs")
+    if not be.is_floating(x):
+        raise TypeError(f"{name} must be floating point, got dtype {be.dtype_name(x.dtype)}")
+    if len(V.shape_of(x)) != ndim:
+        raise ValueError(f"{name} must be {what}, got shape {V.shape_of(x)}")
+    return x
+
+
+def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: int) -> Any:
+    t = V.convert(be, labels, like, "labels", "inputs")
+    V.integer_labels(be, t, "labels")
+    shape = V.shape_of(t)
+    if shape == (N,) and T == 1:
+        t = be.xp.reshape(t, (N, 1))
+    elif shape != (N, T):
+        hint = ""
+        if len(shape) == 2 and shape[0] == N:
+            hint = f" (labels have {shape[1]} columns: pass num_true={shape[1]})"
+        raise ValueError(
+            f"labels must have shape ({N}, num_true={T})"
+            + (f" or ({N},)" if T == 1 else "") + f", got {shape}{hint}")
+    V.class_indices(be, t, num_classes, None)
+    return be.astype(t, _int_dtype(be))
+
+
+def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_classes: int):
+    """A user's ``sampled`` (a Sample or a 3-tuple) as checked ``be`` arrays."""
+    if not isinstance(sampled, tuple) or len(sampled) != 3:
+        raise TypeError(
+            "sampled must be an xent.samplers.Sample or a 3-tuple (ids, true_expected_count, "
+            f"sampled_expected_count), got {describe(sampled)}")
+    names = ("sampled.ids", "sampled.true_expected_count", "sampled.sampled_expected_count")
+    ids, te, se = (V.convert(be, a, like, n, "inputs") for a, n in zip(sampled, names))
+    for arr, name, shape in ((ids, names[0], (S,)), (te, names[1], (N, T)), (se, names[2], (S,))):
+        if V.shape_of(arr) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {V.shape_of(arr)}")
+    V.integer_labels(be, ids, names[0])
+    V.class_indices(be, ids, num_classes, None, names[0])
+    return Sample(be.astype(ids, _int_dtype(be)), te, se)
+
+
+def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+           sample_weight, reduction):
+    """Validate, sample, and return the pieces both losses share."""
+    be, x = V.float_array(inputs, "inputs")
+    red = V.reduction(reduction)
+    S = _num_sampled(num_sampled)
+    if isinstance(num_true, bool) or not isinstance(num_true, numbers.Integral) or num_true < 1:
+        raise ValueError(f"num_true must be a positive int, got {num_true!r}")
+    T = int(num_true)
+    x = _matrix(be, x, x, "inputs", 2, "[N, D]")
+    W = _matrix(be, classifier, x, "classifier", 2, "[num_classes, D]")
+    N, D = V.shape_of(x)
+    C, Dw = V.shape_of(W)
+    if Dw != D:
+        raise ValueError(f"classifier must have shape (num_classes, {D}) to match inputs [N, {D}], "
+                         f"got {V.shape_of(W)}")
+    b = None
+    if bias is not None:
+        b = _matrix(be, bias, x, "bias", 1, "[num_classes]")
+        if V.shape_of(b) != (C,):
+            raise ValueError(f"bias must have shape ({C},) (one per classifier row), "
+                             f"got {V.shape_of(b)}")
+    t = _labels(be, labels, x, N, T, C)
+    if sampled is None:
+        smp = as_sampler(sampler, C)
+        if S > C:
+            raise ValueError(
+                f"num_sampled={S} is larger than num_classes={C}; the candidates are drawn "
+                "without replacement")
+        sample = smp.sample(t, S, unique=True, rng=rng)
+    else:
+        sample = _sample(be, sampled, x, N, T, S, C)
+    cdt = be.compute_dtype(be.xp.result_type(x.dtype, W.dtype) if be.name != "torch"
+                           else be.torch.promote_types(x.dtype, W.dtype))
+    sw = R.sample_weights(be, sample_weight, x, (N,), cdt)
+    return be, x, W, b, t, sample, S, T, cdt, sw, red
+
+
+def _logits(be: Backend, x, W, b, t, sample, S: int, T: int, cdt, sw, remove_accidental_hits,
+            subtract_log_q):
+    """TensorFlow's ``_compute_sampled_logits``: ``[N, T]`` true and ``[N, S]`` sampled logits.
+
+    Only the ``N * T + S`` rows of ``classifier`` (and entries of ``bias``)
+    that are used are gathered; their gradients are scatters into those rows.
+    """
+    xp = be.xp
+    N, D = V.shape_of(x)
+    ids = be.stop_gradient(sample.ids)
+    all_ids = xp.concat([xp.reshape(t, (-1,)), ids])
+    rows = be.astype(xp.take(W, all_ids, axis=0), cdt)
+    x = be.astype(x, cdt)
+    keep = R.keep_mask(be, sw, None)
+    if keep is not None:  # zero-weight rows (NaN padding) touch nothing
+        x = xp.where(keep[:, None], x, xp.zeros_like(x))
+    true_w = xp.reshape(rows[: N * T], (N, T, D))
+    true_logits = xp.sum(x[:, None, :] * true_w, axis=-1)
+    sampled_logits = xp.matmul(x, rows[N * T:].T)
+    if b is not None:
+        all_b = be.astype(xp.take(b, all_ids, axis=0), cdt)
+        true_logits = true_logits + xp.reshape(all_b[: N * T], (N, T))
+        sampled_logits = sampled_logits + all_b[N * T:][None, :]
+    if subtract_log_q:
+        te = be.stop_gradient(be.astype(sample.true_expected_count, cdt))
+        se = be.stop_gradient(be.astype(sample.sampled_expected_count, cdt))
+        if keep is not None:
+            te = xp.where(keep[:, None], te, xp.ones_like(te))
+        true_logits = true_logits - xp.log(te)
+        sampled_logits = sampled_logits - xp.log(se)[None, :]
+    if remove_accidental_hits:
+        hit = t[:, 0:1] == ids[None, :]
+        for j in range(1, T):
+            hit = hit | (t[:, j:j + 1] == ids[None, :])
+        sampled_logits = xp.where(hit, xp.full_like(sampled_logits, _HIT_LOGIT), sampled_logits)
+    return true_logits, sampled_logits, keep
+
+
+_ARGS_DOC = """
+    Args:
+      inputs: ``[N, D]`` floating-point activations (TF's ``inputs``); they
+        decide the library, device and result dtype.
+      classifier: ``[num_classes, D]`` output embedding (TF's ``weights``).
+      labels: ``[N, num_true]`` integer classes (``[N]`` when ``num_true == 1``),
+        in ``[0, num_classes)``.
+      num_sampled: how many candidates the batch shares.
+      bias: ``[num_classes]`` output biases (TF's ``biases``), or None.
+      num_true: true classes per example; each gets target ``1 / num_true``.
+      sampler: ``"log_uniform"`` (TF's default; classes sorted by decreasing
+        frequency), ``"uniform"`` or an :mod:`xent.samplers` object over
+        ``num_classes``. Candidates are drawn without replacement.
+      sampled: a precomputed :class:`xent.samplers.Sample` or 3-tuple
+        ``(ids [num_sampled], true_expected_count [N, num_true],
+        sampled_expected_count [num_sampled])`` (TF's ``sampled_values``);
+        ``sampler`` and ``rng`` are then unused and the loss is deterministic.
+      remove_accidental_hits: mask sampled candidates that equal one of the
+        example's true classes.
+      rng: an int seed, ``numpy.random.Generator``, ``torch.Generator`` or JAX
+        key (JAX needs one unless ``sampled`` is given).
+      sample_weight: ``[N]`` per-example weights (broadcastable to ``[N]``).
+      reduction: ``"none"`` (the ``[N]`` losses TF returns), ``"sum"``,
+        ``"mean"``, ``"sum_over_batch_size"`` or ``"sum_by_nonzero_weights"``.
+"""
+
+
+def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
+                         bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
+                         sampled: Any = None, remove_accidental_hits: bool = True,
+                         subtract_log_q: bool = True, rng: Any = None,
+                         sample_weight: Any = None, reduction: str = "mean") -> Any:
+    be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
+        inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+        sample_weight, reduction)
+    xp = be.xp
+    true_logits, sampled_logits, keep = _logits(
+        be, x, W, b, t, sample, S, T, cdt, sw, remove_accidental_hits, subtract_log_q)
+    lse = be.logsumexp(xp.concat([true_logits, sampled_logits], axis=1), axis=-1)
+    loss = lse - xp.mean(true_logits, axis=-1)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+
+
+def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
+             bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
+             sampled: Any = None, remove_accidental_hits: bool = False, rng: Any = None,
+             sample_weight: Any = None, reduction: str = "mean") -> Any:
+    be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
+        inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+        sample_weight, reduction)
+    xp = be.xp
+    true_logits, sampled_logits, keep = _logits(
+        be, x, W, b, t, sample, S, T, cdt, sw, remove_accidental_hits, True)
+    y = 1.0 / T
+    true_part = y * be.softplus(-true_logits)
+    if T > 1:
+        true_part = true_part + (1.0 - y) * be.softplus(true_logits)
+    loss = xp.sum(true_part, axis=-1) + xp.sum(be.softplus(sampled_logits), axis=-1)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+
+
+sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: a softmax over the true classes and shared candidates.
+
+    TensorFlow's ``tf.nn.sampled_softmax_loss``, value and gradients. With
+    ``ids`` the ``S = num_sampled`` candidates, ``w_k`` / ``b_k`` the rows of
+    ``classifier`` / ``bias`` and ``Q`` the expected counts of the sample::
+
+        t_ij = x_i . w_{y_ij} + b_{y_ij} - log Q(y_ij)          j < num_true
+        s_ik = x_i . w_{ids_k} + b_{ids_k} - log Q(ids_k)       k < S
+        s_ik = -FLT_MAX   where ids_k is one of example i's labels
+                          (remove_accidental_hits; no gradient flows there)
+        l_i  = logsumexp([t_i, s_i]) - (1 / num_true) * sum_j t_ij
+
+    (``- log Q`` only when ``subtract_log_q``). ``l_i`` is the softmax
+    cross-entropy of ``[t_i, s_i]`` against targets ``1/num_true`` on the true
+    columns, an estimate of the full softmax cross-entropy whose gradient is
+    unbiased as ``S`` grows (Jean et al. 2015).
+""" + _ARGS_DOC + r"""
+    Returns:
+      ``[N]`` for ``"none"``, else a scalar; the inputs' library, device and dtype.
+
+    Numerics and cost: only the ``N * num_true + S`` rows of ``classifier``
+    that are used are gathered (their gradient is a scatter into those rows;
+    torch and JAX hold it in a dense ``[num_classes, D]`` gradient as for any
+    gather); no ``[N, num_classes]`` array is ever made. The logsumexp
+    subtracts the row maximum. float16 / bfloat16 are computed in float32 and
+    the result cast back. Examples with ``sample_weight == 0`` contribute 0
+    to the loss and every gradient, even with NaN inputs. The expected counts
+    and ids get no gradient.
+
+    Training only: the loss is biased and much smaller than the full softmax
+    cross-entropy; evaluate with the full softmax.
+
+    Validation (eager; under ``jax.jit`` the range checks are skipped): labels
+    of the wrong shape or outside ``[0, num_classes)``, ``num_sampled >
+    num_classes``, ``sampled`` arrays of the wrong shapes are ``ValueError``.
+
+    Example:
+      >>> import numpy as np, xent
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+      >>> s = xent.samplers.Sample(np.array([2, 3]), np.ones((2, 1)), np.ones(2))
+      >>> xent.sampled_softmax_loss(x, W, np.array([0, 1]), num_sampled=2, sampled=s,
+      ...                           reduction="none").round(6)
+      array([0.758624, 0.861995])
+
+    References: TensorFlow ``tf.nn.sampled_softmax_loss``; Jean et al. 2015,
+    "On Using Very Large Target Vocabulary for Neural Machine Translation".
+    """
+
+nce_loss.__doc__ = r"""Noise-contrastive estimation loss: sigmoid cross-entropy on true and shared candidates.
+
+    TensorFlow's ``tf.nn.nce_loss``, value and gradients. With the logits
+    ``t_ij`` (true) and ``s_ik`` (sampled) of :func:`sampled_softmax_loss`,
+    always with ``- log Q`` subtracted::
+
+        l_i = sum_j [ (1/T) softplus(-t_ij) + (1 - 1/T) softplus(t_ij) ]
+              + sum_k softplus(s_ik)
+
+    i.e. the sigmoid cross-entropy of every column, with target ``1/T``
+    (``T = num_true``) on the true columns and 0 on the sampled ones, summed
+    per example. With ``remove_accidental_hits`` a candidate equal to one of
+    the example's labels gets logit ``-FLT_MAX``: it adds 0 and gets no gradient
+    (TensorFlow's default is False, and so is xent's: such hits count as
+    noise).
+""" + _ARGS_DOC + r"""
+    Returns:
+      ``[N]`` for ``"none"``, else a scalar; the inputs' library, device and dtype.
+
+    Numerics: ``softplus`` never overflows; costs, dtypes, zero-weight rows and
+    validation as :func:`sampled_softmax_loss`.
+
+    Training only: NCE's per-example loss is not a normalized log-likelihood;
+    evaluate with the full softmax.
+
+    Example:
+      >>> import numpy as np, xent
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+      >>> s = xent.samplers.Sample(np.array([2, 3]), np.ones((2, 1)), np.ones(2))
+      >>> xent.nce_loss(x, W, np.array([0, 1]), num_sampled=2, sampled=s,
+      ...               reduction="none").round(6)
+      array([1.939785, 2.319671])
+
+    References: TensorFlow ``tf.nn.nce_loss``; Gutmann and Hyvärinen 2010;
+    Mnih and Teh 2012.
+    """
