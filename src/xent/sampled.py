@@ -59,6 +59,8 @@ def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_cl
             f"sampled_expected_count), got {describe(sampled)}")
     names = ("sampled.ids", "sampled.true_expected_count", "sampled.sampled_expected_count")
     ids, te, se = (V.convert(be, a, like, n, "inputs") for a, n in zip(sampled, names))
+    if T == 1 and V.shape_of(te) == (N,):  # a sample drawn for [N] labels
+        te = be.xp.reshape(te, (N, 1))
     for arr, name, shape in ((ids, names[0], (S,)), (te, names[1], (N, T)), (se, names[2], (S,))):
         if V.shape_of(arr) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {V.shape_of(arr)}")
