@@ -135,6 +135,10 @@ def _is_jax_key(rng: Any) -> bool:
         tuple(rng.shape) == (2,) and str(rng.dtype) == "uint32")
 
 
+def _is_torch_generator(rng: Any) -> bool:
+    return type(rng).__name__ == "Generator" and type(rng).__module__.startswith("torch")
+
+
 def _uniform_source(be: Backend, like: Any, rng: Any):
     """A callable ``m -> [m]`` uniform floats in [0, 1) as ``be`` arrays on ``like``'s device."""
     fdt = _float_dtype(be)
@@ -155,12 +159,21 @@ def _uniform_source(be: Backend, like: Any, rng: Any):
             rng = be.torch.Generator(device=like.device).manual_seed(seed)
         else:
             rng = be.jax.random.key(seed)
+    if be.name == "jax" and not _is_jax_key(rng):
+        # JAX labels sample with a JAX key (one compiled sampler); another
+        # library's generator seeds it, so it still advances and reproduces.
+        if isinstance(rng, np.random.Generator):
+            rng = be.jax.random.key(int(rng.integers(0, 2**62)))
+        elif _is_torch_generator(rng):
+            import torch
+
+            rng = be.jax.random.key(int(torch.randint(0, 2**62, (1,), generator=rng,
+                                                      device=rng.device)))
     if isinstance(rng, np.random.Generator):
         gen = rng
         return lambda m: be.asarray(gen.random(m), like, dtype=fdt) if be.name != "numpy" \
             else gen.random(m)
-    if library_of(rng) is None and type(rng).__name__ == "Generator" and \
-            type(rng).__module__.startswith("torch"):
+    if _is_torch_generator(rng):
         import torch
 
         g = rng
@@ -179,10 +192,10 @@ def _uniform_source(be: Backend, like: Any, rng: Any):
 
 
 class _JaxKeySource:
-    """A JAX key, split once per draw.
-
-    Under ``jax.jit`` (a traced key) the unique-sampling loop becomes a
-    ``lax.while_loop``; with a concrete key it runs eagerly, like the others.
+    """A JAX key. With JAX labels the whole sampler is one traceable function
+    (the unique-sampling loop a ``lax.while_loop``), jitted once per
+    ``num_sampled`` when called eagerly; with other labels it is split once per
+    chunk of draws and the draws copied over.
     """
 
     def __init__(self, be: Backend, key: Any) -> None:
@@ -199,17 +212,29 @@ class _JaxKeySource:
 # The sampler base class: the unique-sampling loop lives here, once.
 # --------------------------------------------------------------------------
 
+_JITTED: dict[tuple, Any] = {}
+
+
 class _Sampler:
-    """Base class: subclasses give ``_probability_table`` or a closed form, and ``_draw``."""
+    """Base class: a distribution (``_params``, ``_draw``, ``_probability``) and the sampling loop.
+
+    ``_params(be, like)`` returns the arrays the distribution needs (a table
+    on ``like``'s device, or nothing for closed forms); ``_draw`` and
+    ``_probability`` take them as arguments so that a jitted JAX sampler is
+    compiled once and sees updated counts.
+    """
 
     num_classes: int
 
     # -- the distribution -------------------------------------------------
-    def _draw(self, be: Backend, u: Any, like: Any) -> Any:  # pragma: no cover - abstract
+    def _params(self, be: Backend, like: Any) -> tuple:
+        return ()
+
+    def _draw(self, be: Backend, u: Any, params: tuple) -> Any:  # pragma: no cover - abstract
         """Class ids (``be`` integer array) from uniform floats ``u`` in [0, 1)."""
         raise NotImplementedError
 
-    def _probability(self, be: Backend, ids: Any, like: Any) -> Any:  # pragma: no cover
+    def _probability(self, be: Backend, ids: Any, params: tuple) -> Any:  # pragma: no cover
         """``P(ids)`` as float32 (computed as TensorFlow computes it)."""
         raise NotImplementedError
 
@@ -220,7 +245,7 @@ class _Sampler:
     def probability(self, ids: Any) -> Any:
         """``P(ids)``, float32, in the library and on the device of ``ids``."""
         be, ids = backend_of(ids, "ids")
-        return self._probability(be, ids, ids)
+        return self._probability(be, ids, self._params(be, ids))
 
     # -- sampling -----------------------------------------------------------
     def sample(self, labels: Any, num_sampled: int, *, unique: bool = True,
@@ -245,40 +270,58 @@ class _Sampler:
         """
         be, labels = backend_of(labels, "labels")
         S = _num_sampled(num_sampled)
+        unique = bool(unique)
         if unique and S > self._support_size():
             raise ValueError(
                 f"num_sampled={S} is larger than the {self._support_size()} classes that can "
                 "be drawn; unique sampling needs num_sampled <= that (or unique=False)")
         source = _uniform_source(be, labels, rng)
-        if isinstance(source, _JaxKeySource) and source.traced:
-            ids, tries = self._sample_jax(be, labels, S, unique, source.key)
-        else:
-            ids, tries = self._sample_eager(be, labels, S, unique, source)
-        p_true = self._probability(be, labels, labels)
-        p_ids = self._probability(be, ids, labels)
-        return Sample(ids, _expected_count(be, p_true, S, tries),
-                      _expected_count(be, p_ids, S, tries))
+        params = self._params(be, labels)
+        if isinstance(source, _JaxKeySource):
+            if source.traced:
+                return self._sample_jax(labels, source.key, params, S=S, unique=unique)
+            # One compiled sampler per kind, class count and size: whatever else
+            # the distribution needs travels in `params`.
+            key = (type(self), self.num_classes, S, unique)
+            fn = _JITTED.get(key)
+            if fn is None:
+                import functools
+
+                fn = _JITTED[key] = be.jax.jit(
+                    functools.partial(self._sample_jax, S=S, unique=unique))
+            return fn(labels, source.key, params)
+        ids, tries = self._draw_ids(be, labels, S, unique, source, params)
+        return self._result(be, labels, ids, S, tries, params)
+
+    def _result(self, be, labels, ids, S, tries, params) -> Sample:
+        return Sample(ids, _expected_count(be, self._probability(be, labels, params), S, tries),
+                      _expected_count(be, self._probability(be, ids, params), S, tries))
 
     def _chunk(self, S: int) -> int:
         return max(2 * S, 64)
 
-    def _sample_eager(self, be: Backend, like: Any, S: int, unique: bool, uniform):
+    def _draw_ids(self, be: Backend, like: Any, S: int, unique: bool, uniform, params):
+        """Eager sampling (NumPy, torch): a Python loop over chunks of draws."""
+        idt = _int_dtype(be)
         if not unique:
-            return be.astype(self._draw(be, uniform(S), like), _int_dtype(be)), S
+            return be.astype(self._draw(be, uniform(S), params), idt), S
         state = _unique_init(be, like, S, self.num_classes)
         M = self._chunk(S)
         while int(state[1]) < S:
-            draws = be.astype(self._draw(be, uniform(M), like), _int_dtype(be))
+            draws = be.astype(self._draw(be, uniform(M), params), idt)
             state = _unique_step(be, state, draws, S, self.num_classes)
         return state[0][:S], int(state[2])
 
-    def _sample_jax(self, be: Backend, like: Any, S: int, unique: bool, key: Any):
+    def _sample_jax(self, labels: Any, key: Any, params: tuple, *, S: int, unique: bool):
+        """JAX sampling as a traceable function: the chunk loop is a ``lax.while_loop``."""
+        be = get_backend("jax")
         jax = be.jax
         fdt = _float_dtype(be)
         idt = _int_dtype(be)
         if not unique:
-            u = jax.random.uniform(key, (S,), dtype=fdt)
-            return be.astype(self._draw(be, u, like), idt), S
+            u = jax.random.uniform(jax.random.split(key)[1], (S,), dtype=fdt)
+            return self._result(be, labels, be.astype(self._draw(be, u, params), idt), S, S,
+                                params)
         M = self._chunk(S)
 
         def cond(carry):
@@ -287,11 +330,13 @@ class _Sampler:
         def body(carry):
             state, k = carry
             k, sub = jax.random.split(k)
-            draws = be.astype(self._draw(be, jax.random.uniform(sub, (M,), dtype=fdt), like), idt)
+            u = jax.random.uniform(sub, (M,), dtype=fdt)
+            draws = be.astype(self._draw(be, u, params), idt)
             return _unique_step(be, state, draws, S, self.num_classes), k
 
-        state, _ = jax.lax.while_loop(cond, body, (_unique_init(be, like, S, self.num_classes), key))
-        return state[0][:S], state[2]
+        init = (_unique_init(be, labels, S, self.num_classes), key)
+        state, _ = jax.lax.while_loop(cond, body, init)
+        return self._result(be, labels, state[0][:S], S, state[2], params)
 
 
 def _num_sampled(value: Any) -> int:
@@ -379,12 +424,12 @@ class LogUniformSampler(_Sampler):
         self.num_classes = _num_classes(num_classes)
         self._log_range = math.log(self.num_classes + 1)
 
-    def _draw(self, be, u, like):
+    def _draw(self, be, u, params):
         xp = be.xp
         k = xp.floor(xp.exp(u * self._log_range)) - 1
         return xp.remainder(be.astype(k, _int_dtype(be)), self.num_classes)
 
-    def _probability(self, be, ids, like):
+    def _probability(self, be, ids, params):
         xp = be.xp
         k = be.astype(ids, _float_dtype(be))
         return be.astype(xp.log((k + 2.0) / (k + 1.0)) / self._log_range, be.float32)
@@ -407,14 +452,14 @@ class UniformSampler(_Sampler):
     def __init__(self, num_classes: int) -> None:
         self.num_classes = _num_classes(num_classes)
 
-    def _draw(self, be, u, like):
+    def _draw(self, be, u, params):
         xp = be.xp
         k = be.astype(xp.floor(u * self.num_classes), _int_dtype(be))
         return xp.minimum(k, xp.full_like(k, self.num_classes - 1))
 
-    def _probability(self, be, ids, like):
+    def _probability(self, be, ids, params):
         return be.xp.full(V.shape_of(ids), 1.0 / self.num_classes, dtype=be.float32,
-                          **_dev(be, like))
+                          **_dev(be, ids))
 
     def __repr__(self) -> str:
         return f"UniformSampler({self.num_classes})"
@@ -440,26 +485,26 @@ class _TableSampler(_Sampler):
     def _support_size(self) -> int:
         return self._support
 
-    def _table(self, be: Backend, like: Any):
+    def _params(self, be: Backend, like: Any):
         key = (be.name, str(getattr(like, "device", "")))
         t = self._tables.get(key)
         if t is None:
             cdf = be.asarray(self._cdf, like, dtype=_float_dtype(be))
             prob = be.asarray(self._prob, like, dtype=be.float32)
             t = (cdf, prob)
-            if be.name != "jax":  # JAX arrays made while tracing must not outlive the trace
+            if be.is_concrete(like):  # arrays made while tracing must not outlive the trace
                 self._tables[key] = t
         return t
 
-    def _draw(self, be, u, like):
+    def _draw(self, be, u, params):
         xp = be.xp
-        cdf, _ = self._table(be, like)
+        cdf, _ = params
         k = xp.searchsorted(cdf, u * cdf[-1], side="right")
         k = be.astype(k, _int_dtype(be))
         return xp.minimum(k, xp.full_like(k, self.num_classes - 1))
 
-    def _probability(self, be, ids, like):
-        _, prob = self._table(be, like)
+    def _probability(self, be, ids, params):
+        _, prob = params
         flat = be.xp.reshape(ids, (-1,))
         return be.xp.reshape(be.xp.take(prob, be.astype(flat, _int_dtype(be))), V.shape_of(ids))
 
