@@ -331,3 +331,32 @@ def test_bad_input_is_a_clear_error(be, kind):
         other = torch.as_tensor(labels) if be.name == "jax" else jax.numpy.asarray(labels)
         with pytest.raises(TypeError, match="labels is a .* but inputs is a"):
             f(X, Wb, other, num_sampled=S, rng=rng)
+
+
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("kind", list(LOSSES))
+def test_torch_fast_path_equals_the_composition(monkeypatch, kind, T, given):
+    """torch's fused sampled-columns node gives the plain composition's values and gradients,
+    both with its binary-search hit removal (built-in unique sampler) and the [N, S] mask."""
+    from xent import sampled as XSD
+
+    r = np.random.default_rng(12)
+    Vs = 10  # 8 of 10 classes sampled: every example has accidental hits
+    x, W, b = r.normal(size=(N, D)), r.normal(size=(Vs, D)), r.normal(size=Vs)
+    labels = torch.as_tensor(r.integers(0, Vs, size=(N, T)))
+    sampler = XS.UniformSampler(Vs)
+    sample = sampler.sample(labels, 8, rng=0) if given else None
+    w = torch.as_tensor(r.uniform(0.5, 2, size=N))
+
+    def run(fused):
+        monkeypatch.setattr(XSD, "_FUSED_TORCH", fused)
+        args = [torch.tensor(a, requires_grad=True) for a in (x, W, b)]
+        loss = LOSSES[kind](*args[:2], labels, num_sampled=8, bias=args[2], num_true=T,
+                            sampler=sampler, sampled=sample, rng=0,
+                            remove_accidental_hits=True, reduction="none")
+        grads = torch.autograd.grad((loss * w).sum(), args)
+        return [loss.detach().numpy()] + [g.numpy() for g in grads]
+
+    for fast, plain in zip(run(True), run(False)):
+        np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-14)
