@@ -360,3 +360,12 @@ def test_torch_fast_path_equals_the_composition(monkeypatch, kind, T, given):
 
     for fast, plain in zip(run(True), run(False)):
         np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", list(LOSSES))
+def test_empty_batch(be, kind):
+    W = np.random.default_rng(0).normal(size=(V, D))
+    rng = jax.random.key(0) if be.name == "jax" else 0
+    args = (be.asarray(np.zeros((0, D))), be.asarray(W), be.asarray(np.zeros(0, np.int64)))
+    assert float(be.to_numpy(LOSSES[kind](*args, num_sampled=S, rng=rng))) == 0.0
+    assert be.to_numpy(LOSSES[kind](*args, num_sampled=S, rng=rng, reduction="none")).shape == (0,)
