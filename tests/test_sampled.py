@@ -369,3 +369,20 @@ def test_empty_batch(be, kind):
     args = (be.asarray(np.zeros((0, D))), be.asarray(W), be.asarray(np.zeros(0, np.int64)))
     assert float(be.to_numpy(LOSSES[kind](*args, num_sampled=S, rng=rng))) == 0.0
     assert be.to_numpy(LOSSES[kind](*args, num_sampled=S, rng=rng, reduction="none")).shape == (0,)
+
+
+def test_repeated_candidates_are_all_removed_unlike_tensorflow(be):
+    """A non-unique sample whose repeated id is a label: xent masks every repeat (the
+    documented difference); TensorFlow masks only the last one."""
+    x, W, b, labels, sample = _problem(1, False, seed=13)
+    ids = np.asarray(sample.ids).copy()
+    ids[[1, 4]] = labels[0, 0]  # example 0's label drawn twice
+    rep = XS.Sample(ids, *sample[1:])
+    got = be.to_numpy(xent.sampled_softmax_loss(
+        be.asarray(x), be.asarray(W), be.asarray(labels), num_sampled=S, bias=be.asarray(b),
+        sampled=rep, reduction="none"))
+    np.testing.assert_allclose(got, _formula("sampled_softmax", x, W, b, labels, rep, True, True),
+                               rtol=1e-12)
+    want_tf, _ = _tf("sampled_softmax", x, W, b, labels, rep, True, True, np.ones(N))
+    np.testing.assert_allclose(got[1:], want_tf[1:], rtol=1e-12)
+    assert got[0] < want_tf[0] - 1e-6  # TF kept one copy of the hit in the softmax

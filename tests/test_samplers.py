@@ -177,7 +177,8 @@ def test_seeds_reproduce(be, name):
     b = make().sample(labels, 8, rng=_rng_for(be, 7))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(be.to_numpy(x), be.to_numpy(y))
-    draws = {tuple(be.to_numpy(make().sample(labels, 8, rng=_rng_for(be, s)).ids)) for s in range(8)}
+    draws = {tuple(be.to_numpy(make().sample(labels, 8, rng=_rng_for(be, s)).ids))
+             for s in range(8)}
     assert len(draws) > 1
 
 

@@ -328,7 +328,7 @@ def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
     return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
 
 
-sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: a softmax over the true classes and shared candidates.
+sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true classes and shared candidates.
 
     TensorFlow's ``tf.nn.sampled_softmax_loss``, value and gradients. With
     ``ids`` the ``S = num_sampled`` candidates, ``w_k`` / ``b_k`` the rows of
@@ -342,8 +342,8 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: a softmax over the true
 
     (``- log Q`` only when ``subtract_log_q``). ``l_i`` is the softmax
     cross-entropy of ``[t_i, s_i]`` against targets ``1/num_true`` on the true
-    columns, an estimate of the full softmax cross-entropy whose gradient is
-    unbiased as ``S`` grows (Jean et al. 2015).
+    columns: a biased estimate of the full softmax cross-entropy whose
+    gradient approaches the full one as ``S`` grows (Jean et al. 2015).
 """ + _ARGS_DOC + r"""
     Returns:
       ``[N]`` for ``"none"``, else a scalar; the inputs' library, device and dtype.
@@ -360,9 +360,19 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: a softmax over the true
     Training only: the loss is biased and much smaller than the full softmax
     cross-entropy; evaluate with the full softmax.
 
-    Validation (eager; under ``jax.jit`` the range checks are skipped): labels
-    of the wrong shape or outside ``[0, num_classes)``, ``num_sampled >
-    num_classes``, ``sampled`` arrays of the wrong shapes are ``ValueError``.
+    Differences from TensorFlow: candidates are drawn with xent's samplers
+    (same distributions and expected counts, another random stream; ``rng``
+    instead of ``seed``). Given a ``sampled`` whose ids repeat (a sampler
+    called with ``unique=False``), every repeat of an accidental hit is
+    removed; TensorFlow's ``compute_accidental_hits`` removes only the last.
+    Inputs must be ``[N, D]``, as in TensorFlow; sharded ``weights`` lists
+    (``partition_strategy``) are not supported: pass one ``[V, D]`` array.
+
+    Validation: labels of the wrong shape or outside ``[0, num_classes)``,
+    ``num_sampled > num_classes``, ``sampled`` arrays of the wrong shapes are
+    ``ValueError`` (range checks need concrete values: under ``jax.jit`` they
+    are skipped for traced labels). Under ``jax.jit`` pass ``rng`` a key
+    argument: the sampler is traced into the function.
 
     Example:
       >>> import numpy as np, xent
@@ -377,7 +387,7 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: a softmax over the true
     "On Using Very Large Target Vocabulary for Neural Machine Translation".
     """
 
-nce_loss.__doc__ = r"""Noise-contrastive estimation loss: sigmoid cross-entropy on true and shared candidates.
+nce_loss.__doc__ = r"""Noise-contrastive estimation: sigmoid cross-entropy on true and shared candidates.
 
     TensorFlow's ``tf.nn.nce_loss``, value and gradients. With the logits
     ``t_ij`` (true) and ``s_ik`` (sampled) of :func:`sampled_softmax_loss`,
@@ -396,8 +406,9 @@ nce_loss.__doc__ = r"""Noise-contrastive estimation loss: sigmoid cross-entropy 
     Returns:
       ``[N]`` for ``"none"``, else a scalar; the inputs' library, device and dtype.
 
-    Numerics: ``softplus`` never overflows; costs, dtypes, zero-weight rows and
-    validation as :func:`sampled_softmax_loss`.
+    Numerics: ``softplus`` never overflows; costs, dtypes, zero-weight rows,
+    validation and the differences from TensorFlow as
+    :func:`sampled_softmax_loss`.
 
     Training only: NCE's per-example loss is not a normalized log-likelihood;
     evaluate with the full softmax.

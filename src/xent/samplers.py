@@ -541,7 +541,8 @@ class UnigramSampler(_TableSampler):
             raise ValueError(f"counts must be a non-empty vector [V], got shape {c.shape}")
         if not np.all(np.isfinite(c)) or np.any(c < 0):
             bad = int(np.argmax(~np.isfinite(c) | (c < 0)))
-            raise ValueError(f"counts must be finite and non-negative, got {c[bad]} at position {bad}")
+            raise ValueError(
+                f"counts must be finite and non-negative, got {c[bad]} at position {bad}")
         reserved = int(num_reserved_ids)
         w = np.power(c.astype(np.float32), np.float32(self.distortion))
         if reserved:
