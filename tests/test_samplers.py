@@ -264,3 +264,24 @@ def test_bad_arguments():
         XS.UniformSampler(10).sample(np.array([1]), 2, rng="seed")
     # Non-unique sampling may ask for more candidates than classes.
     assert XS.UniformSampler(3).sample(np.array([1]), 7, unique=False, rng=0).ids.shape == (7,)
+
+
+def test_num_tries_counts_the_draws_up_to_the_last_new_id():
+    """Replay the NumPy stream by hand: ids are the first S distinct draws in order, and
+    the expected counts use exactly the number of draws that took (TensorFlow's num_tries)."""
+    V, S, seed = 50, 48, 4
+    out = XS.UniformSampler(V).sample(np.array([[0]]), S, rng=seed)
+    u = np.random.default_rng(seed).random(1000)
+    ids, tries = [], 0
+    for k in np.floor(u * V).astype(int):
+        tries += 1
+        if k not in ids:
+            ids.append(k)
+        if len(ids) == S:
+            break
+    assert tries > 2 * S  # the sample needed more than one chunk of draws
+    np.testing.assert_array_equal(out.ids, ids)
+    want = -np.expm1(tries * np.log1p(-np.float32(1 / V)))
+    np.testing.assert_allclose(out.sampled_expected_count, np.full(S, want), rtol=1e-6)
+    off_by_one = -np.expm1((tries + 1) * np.log1p(-1 / V))
+    assert not np.allclose(out.sampled_expected_count, off_by_one, rtol=1e-6)

@@ -26,12 +26,20 @@ number of draws that took, and the expected count is the probability that
 xent).
 
 Randomness: ``rng`` is an int seed, a ``numpy.random.Generator``, a
-``torch.Generator`` or a JAX PRNG key. Draws are made in the library and on the
-device of ``labels`` (a NumPy generator with torch labels draws on the host and
-moves the result). The same seed gives the same sample in the same library;
-the libraries' streams differ from each other and from TensorFlow's. JAX has no
-global random state: pass a key (a ``ValueError`` otherwise); with a key the
-whole sampler runs under ``jax.jit``.
+``torch.Generator`` or a JAX PRNG key. Sampling runs in the library and on the
+device of ``labels``: torch draws with ``torch.rand`` on that device (the global
+generator when ``rng`` is None, so ``torch.manual_seed`` applies); a NumPy or
+JAX generator given with torch or NumPy labels draws its uniforms where it lives
+and they are copied over. JAX labels always sample with a JAX key (a NumPy or
+torch generator seeds one), in one compiled function per sampler kind, class
+count and ``num_sampled``; it also runs inside ``jax.jit``. JAX has no global
+random state: without ``rng`` JAX labels are a ``ValueError``. The same seed
+gives the same sample in the same library; the libraries' streams differ from
+each other and from TensorFlow's.
+
+Unique sampling consumes the draws in chunks of ``max(2 * num_sampled, 64)``:
+each chunk is sorted to find first occurrences, and a ``[num_classes]`` boolean
+table marks the ids already taken (O(num_classes) memory per call).
 """
 
 from __future__ import annotations
