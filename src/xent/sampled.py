@@ -355,7 +355,8 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true c
     subtracts the row maximum. float16 / bfloat16 are computed in float32 and
     the result cast back. Examples with ``sample_weight == 0`` contribute 0
     to the loss and every gradient, even with NaN inputs. The expected counts
-    and ids get no gradient.
+    and ids get no gradient. On torch the sampled columns are one fused
+    autograd node (first-order gradients; no double backward).
 
     Training only: the loss is biased and much smaller than the full softmax
     cross-entropy; evaluate with the full softmax.
