@@ -6,7 +6,9 @@ library, device and dtype. See ``shared/API.md`` for the contract and
 ``docs/choosing.md`` for which loss fits which labels.
 """
 
+from . import samplers
 from .choose import Equivalents, Finding, Recommendation, check, choose, equivalents
+from .sampled import nce_loss, sampled_softmax_loss
 from .sigmoid import log_loss, sigmoid_cross_entropy
 from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 
@@ -20,6 +22,9 @@ __all__ = [
     "choose",
     "equivalents",
     "log_loss",
+    "nce_loss",
+    "sampled_softmax_loss",
+    "samplers",
     "sigmoid_cross_entropy",
     "softmax_cross_entropy",
     "sparse_softmax_cross_entropy",

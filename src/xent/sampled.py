@@ -1,0 +1,428 @@
+"""Sampled softmax and NCE: training losses over huge class counts, TensorFlow's semantics.
+
+Both losses score each example against its ``num_true`` true classes and one
+set of ``num_sampled`` candidate classes shared by the whole batch, so a step
+costs O(N * (num_true + num_sampled) * D) instead of O(N * V * D). They are
+estimators for training; evaluate with the full softmax
+(:func:`xent.sparse_softmax_cross_entropy` or :func:`xent.linear_cross_entropy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Any
+
+from . import _reduce as R
+from . import _validate as V
+from ._backend import Backend, describe
+from .samplers import Sample, _int_dtype, _num_sampled, as_sampler
+
+__all__ = ["sampled_softmax_loss", "nce_loss"]
+
+# TensorFlow adds -FLT_MAX to the logits of accidental hits; xent puts it there
+# with a `where`, so no gradient reaches them.
+_HIT_LOGIT = -3.4028234663852886e38
+
+
+def _eager_checks(be: Backend):
+    """Inside ``jax.jit``, value checks on concrete (closed-over) arrays still run eagerly."""
+    if be.name == "jax":
+        return be.jax.ensure_compile_time_eval()
+    return contextlib.nullcontext()
+
+
+def _matrix(be: Backend, x: Any, like: Any, name: str, ndim: int, what: str) -> Any:
+    if name != "inputs":
+        x = V.convert(be, x, like, name, "inputs")
+    if not be.is_floating(x):
+        raise TypeError(f"{name} must be floating point, got dtype {be.dtype_name(x.dtype)}")
+    if len(V.shape_of(x)) != ndim:
+        raise ValueError(f"{name} must be {what}, got shape {V.shape_of(x)}")
+    return x
+
+
+def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: int) -> Any:
+    t = V.convert(be, labels, like, "labels", "inputs")
+    V.integer_labels(be, t, "labels")
+    shape = V.shape_of(t)
+    if shape == (N,) and T == 1:
+        t = be.xp.reshape(t, (N, 1))
+    elif shape != (N, T):
+        hint = ""
+        if len(shape) == 2 and shape[0] == N:
+            hint = f" (labels have {shape[1]} columns: pass num_true={shape[1]})"
+        raise ValueError(
+            f"labels must have shape ({N}, num_true={T})"
+            + (f" or ({N},)" if T == 1 else "") + f", got {shape}{hint}")
+    with _eager_checks(be):
+        V.class_indices(be, t, num_classes, None)
+    return be.astype(t, _int_dtype(be))
+
+
+def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_classes: int):
+    """A user's ``sampled`` (a Sample or a 3-tuple) as checked ``be`` arrays."""
+    if not isinstance(sampled, tuple) or len(sampled) != 3:
+        raise TypeError(
+            "sampled must be an xent.samplers.Sample or a 3-tuple (ids, true_expected_count, "
+            f"sampled_expected_count), got {describe(sampled)}")
+    names = ("sampled.ids", "sampled.true_expected_count", "sampled.sampled_expected_count")
+    ids, te, se = (V.convert(be, a, like, n, "inputs") for a, n in zip(sampled, names))
+    if T == 1 and V.shape_of(te) == (N,):  # a sample drawn for [N] labels
+        te = be.xp.reshape(te, (N, 1))
+    for arr, name, shape in ((ids, names[0], (S,)), (te, names[1], (N, T)), (se, names[2], (S,))):
+        if V.shape_of(arr) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {V.shape_of(arr)}")
+    V.integer_labels(be, ids, names[0])
+    with _eager_checks(be):
+        V.class_indices(be, ids, num_classes, None, names[0])
+    return Sample(be.astype(ids, _int_dtype(be)), te, se)
+
+
+def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+           sample_weight, reduction):
+    """Validate, sample, and return the pieces both losses share."""
+    be, x = V.float_array(inputs, "inputs")
+    red = V.reduction(reduction)
+    S = _num_sampled(num_sampled)
+    if isinstance(num_true, bool) or not isinstance(num_true, numbers.Integral) or num_true < 1:
+        raise ValueError(f"num_true must be a positive int, got {num_true!r}")
+    T = int(num_true)
+    x = _matrix(be, x, x, "inputs", 2, "[N, D]")
+    W = _matrix(be, classifier, x, "classifier", 2, "[num_classes, D]")
+    N, D = V.shape_of(x)
+    C, Dw = V.shape_of(W)
+    if Dw != D:
+        raise ValueError(f"classifier must have shape (num_classes, {D}) to match inputs [N, {D}], "
+                         f"got {V.shape_of(W)}")
+    b = None
+    if bias is not None:
+        b = _matrix(be, bias, x, "bias", 1, "[num_classes]")
+        if V.shape_of(b) != (C,):
+            raise ValueError(f"bias must have shape ({C},) (one per classifier row), "
+                             f"got {V.shape_of(b)}")
+    t = _labels(be, labels, x, N, T, C)
+    if sampled is None:
+        smp = as_sampler(sampler, C)
+        if S > C:
+            raise ValueError(
+                f"num_sampled={S} is larger than num_classes={C}; the candidates are drawn "
+                "without replacement")
+        sample = smp.sample(t, S, unique=True, rng=rng)
+    else:
+        sample = _sample(be, sampled, x, N, T, S, C)
+    cdt = be.compute_dtype(be.xp.result_type(x.dtype, W.dtype) if be.name != "torch"
+                           else be.torch.promote_types(x.dtype, W.dtype))
+    sw = R.sample_weights(be, sample_weight, x, (N,), cdt)
+    return be, x, W, b, t, sample, S, T, cdt, sw, red
+
+
+def _gather_rows(be: Backend, W: Any, idx: Any) -> Any:
+    """``W[idx]``; torch's embedding lookup has the fastest backward (a scatter-add)."""
+    if be.name == "torch":
+        return be.torch.nn.functional.embedding(idx, W)
+    return be.xp.take(W, idx, axis=0)
+
+
+def _sampled_terms(be: Backend, kind: str, x, W, b, t, sample, T: int, cdt, sw,
+                   remove_accidental_hits: bool, subtract_log_q: bool, unique_ids: bool):
+    """TensorFlow's ``_compute_sampled_logits``, reduced over the sampled columns.
+
+    Returns the ``[N, T]`` true logits ``t_ij`` and, per example, the
+    logsumexp of the sampled logits ``s_ik`` (``kind="softmax"``) or the sum
+    of ``softplus(s_ik)`` (``kind="nce"``). Only the ``N * T + S`` rows of
+    ``classifier`` (and entries of ``bias``) that are used are gathered;
+    their gradients are scatters into those rows.
+    """
+    xp = be.xp
+    N, D = V.shape_of(x)
+    ids = be.stop_gradient(sample.ids)
+    all_ids = xp.concat([xp.reshape(t, (-1,)), ids])
+    rows = be.astype(_gather_rows(be, W, all_ids), cdt)
+    x = be.astype(x, cdt)
+    keep = R.keep_mask(be, sw, None)
+    if keep is not None:  # zero-weight rows (NaN padding) touch nothing
+        x = xp.where(keep[:, None], x, xp.zeros_like(x))
+    true_w = xp.reshape(rows[: N * T], (N, T, D))
+    true_logits = xp.sum(x[:, None, :] * true_w, axis=-1)
+    # One [S] shift per sampled column (bias - log Q), added in one pass over [N, S].
+    shift = None
+    if b is not None:
+        all_b = be.astype(xp.take(b, all_ids, axis=0), cdt)
+        true_logits = true_logits + xp.reshape(all_b[: N * T], (N, T))
+        shift = all_b[N * T:]
+    if subtract_log_q:
+        te = be.stop_gradient(be.astype(sample.true_expected_count, cdt))
+        se = be.stop_gradient(be.astype(sample.sampled_expected_count, cdt))
+        if keep is not None:
+            te = xp.where(keep[:, None], te, xp.ones_like(te))
+        true_logits = true_logits - xp.log(te)
+        shift = -xp.log(se) if shift is None else shift - xp.log(se)
+    ws = rows[N * T:]
+    if be.name == "torch" and _FUSED_TORCH:
+        return true_logits, _torch_sampled_columns(kind, x, ws, shift, t, ids,
+                                                   remove_accidental_hits, unique_ids)
+    z = xp.matmul(x, ws.T)
+    if shift is not None:
+        z = z + shift[None, :]
+    if remove_accidental_hits:
+        z = xp.where(_hit_mask(t, ids, T), _HIT_LOGIT, z)
+    if kind == "softmax":
+        return true_logits, be.logsumexp(z, axis=-1)
+    return true_logits, xp.sum(be.softplus(z), axis=-1)
+
+
+def _hit_mask(t: Any, ids: Any, T: int) -> Any:
+    """``[N, S]``: True where candidate k is one of example i's labels."""
+    hit = t[:, 0:1] == ids[None, :]
+    for j in range(1, T):
+        hit = hit | (t[:, j:j + 1] == ids[None, :])
+    return hit
+
+
+# The torch fast path (one autograd node over the [N, S] sampled logits); tests
+# switch it off to compare it with the plain composition above.
+_FUSED_TORCH = True
+
+
+def _torch_sampled_columns(kind, x, ws, shift, t, ids, remove_hits, unique_ids):
+    """The torch fast path of the sampled columns: one autograd node, few passes over [N, S].
+
+    Forward: ``z = shift + x @ ws.T`` (one GEMM with the add), hits set to
+    ``-FLT_MAX`` in place, then in place ``softmax(z)`` (saved) and its
+    logsumexp, or ``sigmoid(z)`` (saved) and ``sum softplus(z)``. Backward:
+    ``dz = saved * g`` and two GEMMs; hit columns have ``saved == 0`` exactly,
+    so no gradient reaches them. With unique candidates (the built-in
+    samplers) the hits are found by a binary search over the sorted ids and
+    written at their ``N * num_true`` positions, without an ``[N, S]`` mask.
+    """
+    import torch
+
+    rows = cols = found = mask = None
+    if remove_hits:
+        if unique_ids:
+            rows, cols, found = _hit_positions(torch, t, ids)
+        else:
+            mask = _hit_mask(t, ids, t.shape[1])
+    if shift is None:
+        shift = torch.zeros(ws.shape[0], dtype=x.dtype, device=x.device)
+    return _SampledColumns().apply(x, ws, shift, rows, cols, found, mask, kind)
+
+
+def _hit_positions(torch, t, ids):
+    """For unique ids: each label's column among the candidates (where found), without syncing."""
+    S = ids.shape[0]
+    sorted_ids, order = torch.sort(ids)
+    pos = torch.searchsorted(sorted_ids, t).clamp_(max=S - 1)
+    found = sorted_ids[pos] == t
+    rows = torch.arange(t.shape[0], device=t.device)[:, None].expand_as(t)
+    return rows.reshape(-1), order[pos].reshape(-1), found.reshape(-1)
+
+
+_FUNCTION = None
+
+
+def _SampledColumns():
+    """The ``torch.autograd.Function`` (made once, on first use: torch is imported lazily)."""
+    global _FUNCTION
+    if _FUNCTION is not None:
+        return _FUNCTION
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    class SampledColumns(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, ws, shift, rows, cols, found, mask, kind):
+            z = torch.addmm(shift, x, ws.t())
+            if rows is not None:
+                z[rows, cols] = torch.where(found, _HIT_LOGIT, z[rows, cols])
+            elif mask is not None:
+                z.masked_fill_(mask, _HIT_LOGIT)
+            if kind == "softmax":
+                m = z.amax(dim=1, keepdim=True)
+                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+                z.sub_(m).exp_()
+                total = z.sum(dim=1, keepdim=True)
+                z.div_(total)
+                out = (total.log() + m).squeeze(1)
+            else:
+                out = torch.nn.functional.softplus(z).sum(dim=1)
+                z.sigmoid_()
+            ctx.save_for_backward(x, ws, z)
+            return out
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):
+            x, ws, p = ctx.saved_tensors
+            dz = p * g[:, None]
+            dx = dz @ ws if ctx.needs_input_grad[0] else None
+            dws = dz.t() @ x if ctx.needs_input_grad[1] else None
+            dshift = dz.sum(dim=0) if ctx.needs_input_grad[2] else None
+            return dx, dws, dshift, None, None, None, None, None
+
+    _FUNCTION = SampledColumns
+    return _FUNCTION
+
+
+_ARGS_DOC = """
+    Args:
+      inputs: ``[N, D]`` floating-point activations (TF's ``inputs``); they
+        decide the library, device and result dtype.
+      classifier: ``[num_classes, D]`` output embedding (TF's ``weights``).
+      labels: ``[N, num_true]`` integer classes (``[N]`` when ``num_true == 1``),
+        in ``[0, num_classes)``.
+      num_sampled: how many candidates the batch shares.
+      bias: ``[num_classes]`` output biases (TF's ``biases``), or None.
+      num_true: true classes per example; each gets target ``1 / num_true``.
+      sampler: ``"log_uniform"`` (TF's default; classes sorted by decreasing
+        frequency), ``"uniform"`` or an :mod:`xent.samplers` object over
+        ``num_classes``. Candidates are drawn without replacement.
+      sampled: a precomputed :class:`xent.samplers.Sample` or 3-tuple
+        ``(ids [num_sampled], true_expected_count [N, num_true],
+        sampled_expected_count [num_sampled])`` (TF's ``sampled_values``);
+        ``sampler`` and ``rng`` are then unused and the loss is deterministic.
+      remove_accidental_hits: mask sampled candidates that equal one of the
+        example's true classes.
+      rng: an int seed, ``numpy.random.Generator``, ``torch.Generator`` or JAX
+        key (JAX needs one unless ``sampled`` is given).
+      sample_weight: ``[N]`` per-example weights (broadcastable to ``[N]``).
+      reduction: ``"none"`` (the ``[N]`` losses TF returns), ``"sum"``,
+        ``"mean"``, ``"sum_over_batch_size"`` or ``"sum_by_nonzero_weights"``.
+"""
+
+
+def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
+                         bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
+                         sampled: Any = None, remove_accidental_hits: bool = True,
+                         subtract_log_q: bool = True, rng: Any = None,
+                         sample_weight: Any = None, reduction: str = "mean") -> Any:
+    be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
+        inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+        sample_weight, reduction)
+    xp = be.xp
+    true_logits, lse_sampled = _sampled_terms(
+        be, "softmax", x, W, b, t, sample, T, cdt, sw, remove_accidental_hits, subtract_log_q,
+        sampled is None)
+    # logsumexp over [true, sampled] without concatenating [N, T + S].
+    lse = xp.logaddexp(be.logsumexp(true_logits, axis=-1), lse_sampled)
+    loss = lse - xp.mean(true_logits, axis=-1)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+
+
+def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
+             bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
+             sampled: Any = None, remove_accidental_hits: bool = False, rng: Any = None,
+             sample_weight: Any = None, reduction: str = "mean") -> Any:
+    be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
+        inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+        sample_weight, reduction)
+    xp = be.xp
+    true_logits, noise = _sampled_terms(
+        be, "nce", x, W, b, t, sample, T, cdt, sw, remove_accidental_hits, True, sampled is None)
+    y = 1.0 / T
+    true_part = y * be.softplus(-true_logits)
+    if T > 1:
+        true_part = true_part + (1.0 - y) * be.softplus(true_logits)
+    loss = xp.sum(true_part, axis=-1) + noise
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+
+
+sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true classes and shared candidates.
+
+    TensorFlow's ``tf.nn.sampled_softmax_loss``, value and gradients. With
+    ``ids`` the ``S = num_sampled`` candidates, ``w_k`` / ``b_k`` the rows of
+    ``classifier`` / ``bias`` and ``Q`` the expected counts of the sample::
+
+        t_ij = x_i . w_{y_ij} + b_{y_ij} - log Q(y_ij)          j < num_true
+        s_ik = x_i . w_{ids_k} + b_{ids_k} - log Q(ids_k)       k < S
+        s_ik = -FLT_MAX   where ids_k is one of example i's labels
+                          (remove_accidental_hits; no gradient flows there)
+        l_i  = logsumexp([t_i, s_i]) - (1 / num_true) * sum_j t_ij
+
+    (``- log Q`` only when ``subtract_log_q``). ``l_i`` is the softmax
+    cross-entropy of ``[t_i, s_i]`` against targets ``1/num_true`` on the true
+    columns: a biased estimate of the full softmax cross-entropy whose
+    gradient approaches the full one as ``S`` grows (Jean et al. 2015).
+""" + _ARGS_DOC + r"""
+    Returns:
+      ``[N]`` for ``"none"``, else a scalar; the inputs' library, device and dtype.
+
+    Numerics and cost: only the ``N * num_true + S`` rows of ``classifier``
+    that are used are gathered (their gradient is a scatter into those rows;
+    torch and JAX hold it in a dense ``[num_classes, D]`` gradient as for any
+    gather); no ``[N, num_classes]`` array is ever made. The logsumexp
+    subtracts the row maximum. float16 / bfloat16 are computed in float32 and
+    the result cast back. Examples with ``sample_weight == 0`` contribute 0
+    to the loss and every gradient, even with NaN inputs. The expected counts
+    and ids get no gradient. On torch the sampled columns are one fused
+    autograd node (first-order gradients; no double backward).
+
+    Training only: the loss is biased and much smaller than the full softmax
+    cross-entropy; evaluate with the full softmax.
+
+    Differences from TensorFlow: candidates are drawn with xent's samplers
+    (same distributions and expected counts, another random stream; ``rng``
+    instead of ``seed``). Given a ``sampled`` whose ids repeat (a sampler
+    called with ``unique=False``), every repeat of an accidental hit is
+    removed; TensorFlow's ``compute_accidental_hits`` removes only the last.
+    Inputs must be ``[N, D]``, as in TensorFlow; sharded ``weights`` lists
+    (``partition_strategy``) are not supported: pass one ``[V, D]`` array.
+
+    Validation: labels of the wrong shape or outside ``[0, num_classes)``,
+    ``num_sampled > num_classes``, ``sampled`` arrays of the wrong shapes are
+    ``ValueError`` (range checks need concrete values: under ``jax.jit`` they
+    are skipped for traced labels). Under ``jax.jit`` pass ``rng`` a key
+    argument: the sampler is traced into the function.
+
+    Example:
+      >>> import numpy as np, xent
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+      >>> s = xent.samplers.Sample(np.array([2, 3]), np.ones((2, 1)), np.ones(2))
+      >>> xent.sampled_softmax_loss(x, W, np.array([0, 1]), num_sampled=2, sampled=s,
+      ...                           reduction="none").round(6)
+      array([0.758624, 0.861995])
+
+    References: TensorFlow ``tf.nn.sampled_softmax_loss``; Jean et al. 2015,
+    "On Using Very Large Target Vocabulary for Neural Machine Translation".
+    """
+
+nce_loss.__doc__ = r"""Noise-contrastive estimation: sigmoid cross-entropy on true and shared candidates.
+
+    TensorFlow's ``tf.nn.nce_loss``, value and gradients. With the logits
+    ``t_ij`` (true) and ``s_ik`` (sampled) of :func:`sampled_softmax_loss`,
+    always with ``- log Q`` subtracted::
+
+        l_i = sum_j [ (1/T) softplus(-t_ij) + (1 - 1/T) softplus(t_ij) ]
+              + sum_k softplus(s_ik)
+
+    i.e. the sigmoid cross-entropy of every column, with target ``1/T``
+    (``T = num_true``) on the true columns and 0 on the sampled ones, summed
+    per example. With ``remove_accidental_hits`` a candidate equal to one of
+    the example's labels gets logit ``-FLT_MAX``: it adds 0 and gets no gradient
+    (TensorFlow's default is False, and so is xent's: such hits count as
+    noise).
+""" + _ARGS_DOC + r"""
+    Returns:
+      ``[N]`` for ``"none"``, else a scalar; the inputs' library, device and dtype.
+
+    Numerics: ``softplus`` never overflows; costs, dtypes, zero-weight rows,
+    validation and the differences from TensorFlow as
+    :func:`sampled_softmax_loss`.
+
+    Training only: NCE's per-example loss is not a normalized log-likelihood;
+    evaluate with the full softmax.
+
+    Example:
+      >>> import numpy as np, xent
+      >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+      >>> s = xent.samplers.Sample(np.array([2, 3]), np.ones((2, 1)), np.ones(2))
+      >>> xent.nce_loss(x, W, np.array([0, 1]), num_sampled=2, sampled=s,
+      ...               reduction="none").round(6)
+      array([1.939785, 2.319671])
+
+    References: TensorFlow ``tf.nn.nce_loss``; Gutmann and Hyvärinen 2010;
+    Mnih and Teh 2012.
+    """
