@@ -161,7 +161,18 @@ class Backend:
         return np.moveaxis(x, source, dest)
 
     def pow(self, x: Any, gamma: float) -> Any:
-        return x**gamma
+        """``x**gamma`` for ``x >= 0`` and ``gamma > 0``, with gradient 0 (not NaN) at 0.
+
+        The focal factor ``(1 - p)**gamma`` meets ``x == 0`` when a prediction is
+        certain; there ``d x**gamma / dx`` is infinite for ``gamma < 1`` and the
+        plain power's gradient becomes ``0 * inf = NaN``. Every focal loss
+        multiplies this factor by a cross-entropy that is itself 0 where
+        ``x == 0``, so the true derivative of the product is 0.
+        """
+        xp = self.xp
+        pos = x > 0
+        safe = xp.where(pos, x, xp.ones_like(x))
+        return xp.where(pos, safe**gamma, xp.zeros_like(x))
 
 
 class TorchBackend(Backend):
@@ -185,6 +196,8 @@ class TorchBackend(Backend):
         return self.torch.float32
 
     def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
+        if isinstance(x, np.ndarray) and not x.flags.writeable:
+            x = np.array(x)  # torch warns on read-only NumPy arrays (np.broadcast_to)
         return self.torch.as_tensor(x, dtype=dtype, device=like.device)
 
     def astype(self, x: Any, dtype: Any) -> Any:

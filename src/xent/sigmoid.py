@@ -22,6 +22,18 @@ def _labels(be, labels, like, shape, cdt, name="labels"):
     return y
 
 
+def _xlog(be, w, x):
+    """``w * log(x)``, and 0 where ``w == 0`` and ``x == 0`` (value and both gradients).
+
+    The double ``where`` keeps ``log`` away from 0 on those entries, so its
+    backward pass never computes ``0 / 0``.
+    """
+    xp = be.xp
+    zero = (w == 0) & (x == 0)
+    safe = xp.where(zero, xp.ones_like(x), x)
+    return xp.where(zero, xp.zeros_like(x), w * xp.log(safe))
+
+
 def _safe_product(be, w, value):
     """``w * value`` that is 0 (value and gradients) where ``w == 0`` and value is inf."""
     xp = be.xp
@@ -104,8 +116,8 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     pos = y if pw is None else pw * y
     loss = _safe_product(be, pos, be.softplus(-z)) + _safe_product(be, 1.0 - y, be.softplus(z))
     if gamma != 0.0:
-        p = be.sigmoid(z)
-        loss = loss * (y * (1.0 - p) + (1.0 - y) * p) ** gamma
+        # 1 - p_t = y' (1 - σ(z)) + (1 - y') σ(z), with 1 - σ(z) = σ(-z) exactly
+        loss = loss * be.pow(y * be.sigmoid(-z) + (1.0 - y) * be.sigmoid(z), gamma)
     return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype)
 
 
@@ -163,5 +175,5 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
         half = xp.full_like(p, 0.5)
         p = xp.where(keep, p, half)
         y = xp.where(keep, y, xp.zeros_like(y))
-    loss = -(_safe_product(be, y, xp.log(p + eps)) + _safe_product(be, 1.0 - y, xp.log(1.0 - p + eps)))
+    loss = -(_xlog(be, y, p + eps) + _xlog(be, 1.0 - y, 1.0 - p + eps))
     return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=out_dtype)

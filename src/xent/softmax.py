@@ -161,7 +161,7 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
     ys = y if s == 0.0 else (1.0 - s) * y + s / C
     w = ys if cw is None else ys * cw
     if gamma != 0.0:
-        w = w * (-xp.expm1(logp)) ** gamma
+        w = w * be.pow(-xp.expm1(logp), gamma)
     loss = -xp.sum(w * _masked_logp(be, logp, w), axis=-1)
     if zl != 0.0:
         loss = loss + zl * lse[..., 0] ** 2
@@ -252,8 +252,8 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
         t = xp.where(valid, t, xp.zeros_like(t))
     sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
     if valid is not None:
-        vw = be.astype(valid, cdt)
-        sw = vw if sw is None else sw * vw
+        # where, not a product: a NaN sample weight on an ignored element stays out
+        sw = be.astype(valid, cdt) if sw is None else xp.where(valid, sw, xp.zeros_like(sw))
     cw = _class_weight(be, class_weight, like, C, cdt)
     keep = R.keep_mask(be, sw, valid)
     if keep is not None:
@@ -267,7 +267,7 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
         w_t = xp.reshape(w_t, elem_shape)
     nll = -logp_t
     if gamma != 0.0:
-        nll = nll * (-xp.expm1(logp_t)) ** gamma
+        nll = nll * be.pow(-xp.expm1(logp_t), gamma)
     if w_t is not None:
         nll = nll * w_t
     loss = nll if s == 0.0 else (1.0 - s) * nll
@@ -275,7 +275,7 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
         logp = z - lse
         wc = xp.ones_like(logp) if cw is None else xp.broadcast_to(cw, V.shape_of(logp))
         if gamma != 0.0:
-            wc = wc * (-xp.expm1(logp)) ** gamma
+            wc = wc * be.pow(-xp.expm1(logp), gamma)
         loss = loss - (s / C) * xp.sum(wc * _masked_logp(be, logp, wc), axis=-1)
     if zl != 0.0:
         loss = loss + zl * lse[..., 0] ** 2
