@@ -39,11 +39,13 @@ def reduce_ref(loss, reduction, sw=None, norm=None, valid=None):
     return 0.0 if den == 0 else total / den
 
 
-def _lse(z):
+def _log_softmax(z):
+    """(log p, logsumexp(z)), with the row maximum subtracted before anything else."""
     m = np.max(z, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True)) + m
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_sum = np.log(np.sum(np.exp(z - m), axis=-1, keepdims=True))
+    return (z - m) - log_sum, log_sum + m
 
 
 def softmax_elements(z, y, *, axis=-1, class_weight=None, label_smoothing=0.0,
@@ -52,8 +54,7 @@ def softmax_elements(z, y, *, axis=-1, class_weight=None, label_smoothing=0.0,
     z = np.moveaxis(np.asarray(z, np.float64), axis, -1)
     y = np.moveaxis(np.asarray(y, np.float64), axis, -1)
     C = z.shape[-1]
-    lse = _lse(z)
-    logp = z - lse
+    logp, lse = _log_softmax(z)
     p = np.exp(logp)
     ys = (1 - label_smoothing) * y + label_smoothing / C
     cw = np.ones(C) if class_weight is None else np.asarray(class_weight, np.float64)
@@ -115,7 +116,7 @@ def sigmoid_elements(z, y, *, pos_weight=None, label_smoothing=0.0, focal_gamma=
     with np.errstate(invalid="ignore"):
         pos = np.where(ys == 0, 0.0, pw * ys * _log_sigmoid(z))
         neg = np.where(ys == 1, 0.0, (1 - ys) * _log_sigmoid(-z))
-    sig = 1 / (1 + np.exp(-z))
+    sig = 0.5 * (1 + np.tanh(z / 2))  # no overflow at +-1e4
     pt = ys * sig + (1 - ys) * (1 - sig)
     return -(pos + neg) * (1 - pt) ** focal_gamma
 

@@ -54,6 +54,23 @@ def _masked_logp(be: Backend, logp: Any, weight: Any) -> Any:
     return xp.where(bad, xp.zeros_like(logp), logp)
 
 
+def _log_normalizer(be: Backend, z: Any):
+    """``(z - m, logsumexp(z - m), m)`` along the last axis, ``m`` the row maximum.
+
+    ``log p = (z - m) - logsumexp(z - m)``: the shift ``z - m`` is exact and the
+    log-sum is at most ``log C``, so no rounding of a huge ``logsumexp(z)``
+    reaches ``log p`` (float32 logits near -1e4 keep float32 precision; the
+    unshifted ``z - logsumexp(z)`` loses three digits there). ``m`` is a
+    constant for autodiff (the loss does not depend on it); a non-finite row
+    maximum is replaced by 0.
+    """
+    xp = be.xp
+    m = xp.max(z, axis=-1, keepdims=True)
+    m = be.stop_gradient(xp.where(xp.isfinite(m), m, xp.zeros_like(m)))
+    zs = z - m
+    return zs, be.logsumexp(zs, axis=-1, keepdims=True), m
+
+
 def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                           class_weight: Any = None, label_smoothing: float = 0.0,
                           label_gradient: bool = True, focal_gamma: float = 0.0,
@@ -156,15 +173,15 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
         y = xp.where(keep[..., None], y, xp.zeros_like(y))
-    lse = be.logsumexp(z, axis=-1, keepdims=True)
-    logp = z - lse
+    zs, lse_s, m = _log_normalizer(be, z)
+    logp = zs - lse_s
     ys = y if s == 0.0 else (1.0 - s) * y + s / C
     w = ys if cw is None else ys * cw
     if gamma != 0.0:
         w = w * be.pow(-xp.expm1(logp), gamma)
     loss = -xp.sum(w * _masked_logp(be, logp, w), axis=-1)
     if zl != 0.0:
-        loss = loss + zl * lse[..., 0] ** 2
+        loss = loss + zl * (lse_s + m)[..., 0] ** 2
     norm = None
     if cw is not None:
         norm = xp.sum(y * cw, axis=-1)
@@ -259,9 +276,8 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
     t = be.astype(t, _index_dtype(be))
-    lse = be.logsumexp(z, axis=-1, keepdims=True)
-    z_t = be.take_along_axis(z, t[..., None], axis=-1)
-    logp_t = (z_t - lse)[..., 0]
+    zs, lse_s, m = _log_normalizer(be, z)
+    logp_t = (be.take_along_axis(zs, t[..., None], axis=-1) - lse_s)[..., 0]
     w_t = None if cw is None else be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0)
     if w_t is not None:
         w_t = xp.reshape(w_t, elem_shape)
@@ -272,13 +288,13 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
         nll = nll * w_t
     loss = nll if s == 0.0 else (1.0 - s) * nll
     if s != 0.0:
-        logp = z - lse
+        logp = zs - lse_s
         wc = xp.ones_like(logp) if cw is None else xp.broadcast_to(cw, V.shape_of(logp))
         if gamma != 0.0:
             wc = wc * be.pow(-xp.expm1(logp), gamma)
         loss = loss - (s / C) * xp.sum(wc * _masked_logp(be, logp, wc), axis=-1)
     if zl != 0.0:
-        loss = loss + zl * lse[..., 0] ** 2
+        loss = loss + zl * (lse_s + m)[..., 0] ** 2
     norm = None
     if w_t is not None:
         norm = w_t if sw is None else w_t * sw
