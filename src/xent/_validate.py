@@ -117,9 +117,11 @@ def broadcastable_to(x: Any, shape: tuple[int, ...], name: str, what: str) -> No
     except ValueError:
         out = None
     if out != tuple(shape):
-        raise ValueError(
-            f"{name} of shape {got} must broadcast to {what} {tuple(shape)} without changing it"
-        )
+        msg = f"{name} of shape {got} must broadcast to {what} {tuple(shape)} without changing it"
+        if 0 < len(got) < len(shape) and got == tuple(shape)[:len(got)]:
+            fix = got + (1,) * (len(shape) - len(got))
+            msg += f" (broadcasting aligns trailing axes: for weights along the leading axes use shape {fix})"
+        raise ValueError(msg)
 
 
 def eager(be: Backend, *arrays: Any) -> bool:

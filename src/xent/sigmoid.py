@@ -10,8 +10,8 @@ from . import _validate as V
 __all__ = ["sigmoid_cross_entropy", "log_loss"]
 
 
-def _labels(be, labels, like, shape, cdt, name="labels"):
-    y = V.convert(be, labels, like, name)
+def _labels(be, labels, like, shape, cdt, name="labels", ref_name="logits"):
+    y = V.convert(be, labels, like, name, ref_name)
     V.same_shape(y, shape, name, "sigmoid losses take one label per logit, in [0, 1]")
     if not be.is_floating(y):
         name_ = be.dtype_name(y.dtype)
@@ -159,6 +159,7 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
     References: ``tf.compat.v1.losses.log_loss``; scikit-learn ``log_loss``.
     """
     be, p = V.float_array(probabilities, "probabilities")
+    like = p
     eps = V.scalar(epsilon, "epsilon", low=0.0)
     red = V.reduction(reduction)
     xp = be.xp
@@ -168,8 +169,9 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
     V.in_range(be, p, 0.0, 1.0, "probabilities",
                "log_loss takes probabilities; pass logits to sigmoid_cross_entropy")
     p = be.astype(p, cdt)
-    y = _labels(be, labels, probabilities, shape, cdt)
-    sw = R.sample_weights(be, sample_weight, probabilities, shape, cdt)
+    y = _labels(be, labels, like, shape, cdt, ref_name="probabilities")
+    sw = R.sample_weights(be, sample_weight, like, shape, cdt,
+                          ref_name="probabilities")
     keep = R.keep_mask(be, sw, None)
     if keep is not None:
         half = xp.full_like(p, 0.5)
