@@ -179,7 +179,7 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
     w = ys if cw is None else ys * cw
     if gamma != 0.0:
         w = w * be.pow(-xp.expm1(logp), gamma)
-    loss = -xp.sum(w * _masked_logp(be, logp, w), axis=-1)
+    loss = xp.sum(w * -_masked_logp(be, logp, w), axis=-1)  # +0.0, not -0.0, for empty rows
     if zl != 0.0:
         loss = loss + zl * (lse_s + m)[..., 0] ** 2
     norm = None
