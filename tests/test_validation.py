@@ -230,3 +230,17 @@ def test_jit_skips_the_label_range_check():
     assert out.shape == (4,)
     np.testing.assert_allclose(out[:3], xent.sparse_softmax_cross_entropy(
         jnp.asarray(Z[:3]), jnp.asarray(T[:3]), reduction="none"), rtol=1e-12)
+
+
+def test_python_scalars_and_lists_keep_float64_precision(be):
+    # torch.as_tensor(1/3) is float32; the weight must reach float64 logits unrounded.
+    z = be.asarray(np.array([[0.3, -0.2]]))
+    y = be.asarray(np.array([[1.0, 0.0]]))
+    a = xent.sigmoid_cross_entropy(z, y, pos_weight=1 / 3, sample_weight=0.1, reduction="sum")
+    b = xent.sigmoid_cross_entropy(z, y, pos_weight=[1 / 3, 1 / 3], sample_weight=[[0.1]],
+                                   reduction="sum")
+    want = 0.1 * (np.log1p(np.exp(-0.3)) / 3 + np.log1p(np.exp(-0.2)))
+    np.testing.assert_allclose(be.to_numpy(a), want, rtol=1e-15)
+    np.testing.assert_allclose(be.to_numpy(b), want, rtol=1e-15)
+    c = xent.sparse_softmax_cross_entropy(z, [0], class_weight=[0.1, 1 / 3], reduction="sum")
+    np.testing.assert_allclose(be.to_numpy(c), 0.1 * np.log1p(np.exp(-0.5)), rtol=1e-15)

@@ -196,8 +196,12 @@ class TorchBackend(Backend):
         return self.torch.float32
 
     def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
-        if isinstance(x, np.ndarray) and not x.flags.writeable:
-            x = np.array(x)  # torch warns on read-only NumPy arrays (np.broadcast_to)
+        if not isinstance(x, self.torch.Tensor):
+            # Through NumPy: torch would make Python floats float32 (rounding a
+            # weight of 1/3 before it meets float64 logits); NumPy keeps float64.
+            x = np.asarray(x)
+            if not x.flags.writeable:
+                x = np.array(x)  # torch warns on read-only NumPy arrays (np.broadcast_to)
         return self.torch.as_tensor(x, dtype=dtype, device=like.device)
 
     def astype(self, x: Any, dtype: Any) -> Any:
