@@ -86,7 +86,10 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
       >>> z = np.array([3.0, -1.0, 0.0])
       >>> y = np.array([1.0, 0.0, 1.0])
       >>> xent.sigmoid_cross_entropy(z, y, reduction="none").round(6)
-      array([0.04859 , 0.313262, 0.693147])
+      array([0.048587, 0.313262, 0.693147])
+      >>> # "mean" with pos_weight: (2 * 0.048587 + 0.313262 + 2 * 0.693147) / 3
+      >>> round(float(xent.sigmoid_cross_entropy(z, y, pos_weight=2.0)), 6)
+      0.59891
 
     References: TensorFlow ``tf.nn.sigmoid_cross_entropy_with_logits`` and
     ``tf.nn.weighted_cross_entropy_with_logits``; PyTorch
@@ -153,7 +156,9 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
       >>> import numpy as np, xent
       >>> p = np.array([0.9, 0.2])
       >>> y = np.array([1.0, 0.0])
-      >>> xent.log_loss(p, y, reduction="none").round(6)
+      >>> xent.log_loss(p, y, reduction="none").round(6)  # -log(0.9 + 1e-7), -log(0.8 + 1e-7)
+      array([0.10536 , 0.223143])
+      >>> xent.log_loss(p, y, epsilon=0.0, reduction="none").round(6)
       array([0.105361, 0.223144])
 
     References: ``tf.compat.v1.losses.log_loss``; scikit-learn ``log_loss``.
