@@ -12,8 +12,8 @@ OPTIONS = {
     "plain": {},
     "epsilon_zero": {"epsilon": 0.0},
     "epsilon_large": {"epsilon": 1e-3},
-    "sample_weight": {"sample_weight": [[1.0], [0.0], [2.5]]},
-    "sample_weight_full": {"sample_weight": [[1.0, 0.0], [2.0, 0.5], [0.0, 0.0]]},
+    "sample_weight": {"sample_weight": [[1.0], [0.0], [2.5], [0.5]]},
+    "sample_weight_full": {"sample_weight": np.linspace(0, 2, 20).reshape(4, 5).tolist()},
 }
 
 
@@ -25,8 +25,8 @@ def _opts(be, options):
 
 
 def _data(rng):
-    p = rng.uniform(0.02, 0.98, (3, 2))
-    y = rng.random((3, 2))
+    p = rng.uniform(0.02, 0.98, (4, 5))
+    y = rng.random((4, 5))
     return p, y
 
 
@@ -34,8 +34,8 @@ def _data(rng):
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_value_matches_float64_formula(be, rng, name, reduction):
     p, y = _data(rng)
-    p[0] = [0.0, 1.0]  # the edges are legal probabilities
-    y[0] = [0.0, 1.0]
+    p[0, :2] = [0.0, 1.0]  # the edges are legal probabilities
+    y[0, :2] = [0.0, 1.0]
     opts = OPTIONS[name]
     got = xent.log_loss(be.asarray(p), be.asarray(y), reduction=reduction, **_opts(be, opts))
     # With epsilon = 0 the edges meet 0 * log(0), which is 0: a tiny epsilon

@@ -198,22 +198,22 @@ def test_low_precision_gradients_have_input_dtype(gbe, rng, dtype):
 
 def _nan_cases(gbe, rng):
     """(loss, logits, labels, kwargs, padding mask on the logits) with NaN in padded rows."""
-    z = rng.normal(size=(4, 3))
+    z = rng.normal(size=(4, 5))
     z[1] = np.nan
-    z[3] = [-np.inf, np.inf, np.nan]
-    y = np.eye(3)[[0, 1, 2, 1]]
+    z[3] = [-np.inf, np.inf, np.nan, 0.0, 1.0]
+    y = np.eye(5)[[0, 1, 2, 1]]
     y[1] = np.nan
     t = np.array([0, -1, 2, -1])
     sw = np.array([1.0, 0.0, 2.0, 0.0])
-    pad = np.zeros((4, 3), bool)
+    pad = np.zeros((4, 5), bool)
     pad[[1, 3]] = True
-    p = rng.uniform(0.1, 0.9, (4, 3))
+    p = rng.uniform(0.1, 0.9, (4, 5))
     p[1] = np.nan
     return [
-        ("softmax_cross_entropy", z, y, {"sample_weight": sw, "class_weight": np.ones(3)}),
+        ("softmax_cross_entropy", z, y, {"sample_weight": sw, "class_weight": np.ones(5)}),
         ("softmax_cross_entropy", z, y, {"sample_weight": sw, "focal_gamma": 2.0,
                                          "label_smoothing": 0.1, "z_loss": 0.1}),
-        ("sparse_softmax_cross_entropy", z, t, {"ignore_index": -1, "class_weight": np.ones(3)}),
+        ("sparse_softmax_cross_entropy", z, t, {"ignore_index": -1, "class_weight": np.ones(5)}),
         ("sparse_softmax_cross_entropy", z, np.where(t < 0, 0, t),
          {"sample_weight": sw, "focal_gamma": 2.0, "label_smoothing": 0.1, "z_loss": 0.1}),
         ("sigmoid_cross_entropy", z, y, {"sample_weight": sw[:, None], "pos_weight": 2.0,
@@ -265,17 +265,17 @@ def test_all_minus_inf_row_with_zero_weight_is_zero(gbe):
 def _jax_cases(rng):
     import jax.numpy as jnp
 
-    z = jnp.asarray(rng.normal(size=(3, 4)))
-    y = jnp.asarray(np.eye(4)[[0, 3, 1]])
-    t = jnp.asarray(np.array([0, 3, -1]))
-    ys = jnp.asarray(rng.random((3, 4)))
-    p = jnp.asarray(rng.uniform(0.1, 0.9, (3, 4)))
+    z = jnp.asarray(rng.normal(size=(4, 5)))
+    y = jnp.asarray(np.eye(5)[[0, 3, 1, 4]])
+    t = jnp.asarray(np.array([0, 3, -1, 2]))
+    ys = jnp.asarray(rng.random((4, 5)))
+    p = jnp.asarray(rng.uniform(0.1, 0.9, (4, 5)))
     return [
         (lambda a, b: xent.softmax_cross_entropy(a, b, label_smoothing=0.1, focal_gamma=1.0,
-                                                 class_weight=jnp.arange(1.0, 5.0)), z, y),
+                                                 class_weight=jnp.arange(1.0, 6.0)), z, y),
         (lambda a, b: xent.sparse_softmax_cross_entropy(a, b, ignore_index=-1, z_loss=0.01,
-                                                        class_weight=jnp.arange(1.0, 5.0)), z, t),
-        (lambda a, b: xent.sigmoid_cross_entropy(a, b, pos_weight=jnp.arange(1.0, 5.0),
+                                                        class_weight=jnp.arange(1.0, 6.0)), z, t),
+        (lambda a, b: xent.sigmoid_cross_entropy(a, b, pos_weight=jnp.arange(1.0, 6.0),
                                                  focal_gamma=2.0), z, ys),
         (lambda a, b: xent.log_loss(a, b), p, ys),
     ]

@@ -18,7 +18,7 @@ import xent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-B, C = 6, 4
+B, C = 4, 5
 KERAS_TOL = dict(rtol=2e-5, atol=1e-6)  # the 1e-7 clipping / epsilon of Keras
 
 
@@ -84,7 +84,7 @@ def test_keras_categorical_focal_crossentropy(be, rng, keras, gamma, smoothing):
     inside Keras's clipping range."""
     z = rng.normal(size=(B, C))
     y = np.eye(C)[rng.integers(0, C, B)]
-    y[0] = [0.1, 0.2, 0.3, 0.4]
+    y[0] = [0.1, 0.2, 0.3, 0.3, 0.1]
     alpha = 0.25
     want = np.asarray(keras.losses.categorical_focal_crossentropy(
         y, z, alpha=alpha, gamma=gamma, from_logits=True, label_smoothing=smoothing),
@@ -140,7 +140,7 @@ def test_optax_softmax_cross_entropy_with_integer_labels(be, rng, optax):
     import jax.numpy as jnp
 
     z = rng.normal(size=(B, 3, C)) * 3
-    z[0, 0] = [1e4, -1e4, 0.0, 1.0]
+    z[0, 0] = [1e4, -1e4, 0.0, 1.0, 2.0]
     t = rng.integers(0, C, (B, 3))
     want = optax.losses.softmax_cross_entropy_with_integer_labels(jnp.asarray(z), jnp.asarray(t))
     got = xent.sparse_softmax_cross_entropy(be.asarray(z), be.asarray(t), reduction="none")
@@ -173,7 +173,7 @@ def test_optax_sigmoid_binary_cross_entropy(be, rng, optax):
     import jax.numpy as jnp
 
     z = rng.normal(size=(B, C)) * 3
-    z[0] = [1e4, -1e4, 40.0, -40.0]
+    z[0] = [1e4, -1e4, 40.0, -40.0, 0.0]
     y = rng.random((B, C))
     want = optax.losses.sigmoid_binary_cross_entropy(jnp.asarray(z), jnp.asarray(y))
     got = xent.sigmoid_cross_entropy(be.asarray(z), be.asarray(y), reduction="none")
@@ -196,11 +196,11 @@ def test_optax_sigmoid_focal_loss(be, rng, optax, gamma, alpha):
     import jax.numpy as jnp
 
     z = rng.normal(size=(B, C)) * 3
-    z[0] = [20.0, -20.0, 5.0, -5.0]
+    z[0] = [20.0, -20.0, 5.0, -5.0, 0.0]
     y = (rng.random((B, C)) > 0.5).astype(float)
-    y[0] = [1.0, 0.0, 0.0, 1.0]
+    y[0] = [1.0, 0.0, 0.0, 1.0, 1.0]
     if alpha is None:
-        y[1] = [0.3, 0.9, 0.5, 0.1]  # soft labels only without alpha
+        y[1] = [0.3, 0.9, 0.5, 0.1, 0.7]  # soft labels only without alpha
     want = optax.losses.sigmoid_focal_loss(jnp.asarray(z), jnp.asarray(y), alpha=alpha,
                                            gamma=gamma)
     kw = {} if alpha is None else {"pos_weight": alpha / (1 - alpha),

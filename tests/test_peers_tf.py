@@ -23,7 +23,7 @@ TF_REDUCTIONS = {
     "sum_over_batch_size": R.SUM_OVER_BATCH_SIZE,
     "sum_by_nonzero_weights": R.SUM_BY_NONZERO_WEIGHTS,
 }
-B, C = 5, 4
+B, C = 4, 5
 
 
 def tf_value_and_grads(fn, *arrays):
@@ -70,7 +70,7 @@ def test_unnormalized_labels_tf_gradient_differs_deliberately(gbe, rng):
     derivative of its value only when each label row sums to 1. xent returns the
     derivative of the value, sum(y) * softmax(z) - y; the values agree."""
     z, _, y = _data(rng)
-    y = y * np.array([0.5, 1.0, 2.0, 1.0, 3.0])[:, None]  # row sums 0.5 .. 3
+    y = y * np.array([0.5, 1.0, 2.0, 3.0])[:, None]  # row sums 0.5 .. 3
     want, (wz, _) = tf_value_and_grads(
         lambda a, b: tf.nn.softmax_cross_entropy_with_logits(labels=b, logits=a), z, y)
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
@@ -110,10 +110,10 @@ def test_tf_nn_sparse_softmax_cross_entropy_with_logits(be, rng):
 @pytest.mark.parametrize("pos_weight", [None, 3.0, "vector"])
 def test_tf_nn_sigmoid_and_weighted_cross_entropy_with_logits(be, rng, pos_weight):
     z = rng.normal(size=(B, C)) * 3
-    z[0] = [1e4, -1e4, 30.0, -30.0]
+    z[0] = [1e4, -1e4, 30.0, -30.0, 0.5]  # not 0: see the next test
     y = rng.random((B, C))
-    y[1] = [0.0, 1.0, 1.0, 0.0]
-    pw = np.array([0.5, 1.0, 2.0, 4.0]) if pos_weight == "vector" else pos_weight
+    y[1] = [0.0, 1.0, 1.0, 0.0, 1.0]
+    pw = np.array([0.5, 1.0, 2.0, 4.0, 0.0]) if pos_weight == "vector" else pos_weight
     if pw is None:
         fn = lambda a, b: tf.nn.sigmoid_cross_entropy_with_logits(labels=b, logits=a)  # noqa
     else:
@@ -130,11 +130,25 @@ def test_tf_nn_sigmoid_and_weighted_cross_entropy_with_logits(be, rng, pos_weigh
         np.testing.assert_allclose(gy, wy, rtol=1e-10, atol=1e-14)
 
 
+def test_tf_weighted_cross_entropy_gradient_at_zero_logit_differs_deliberately(gbe):
+    """At z == 0 exactly, TF's weighted_cross_entropy_with_logits (written with
+    abs and relu) returns a wrong gradient; xent returns the true derivative
+    -pos_weight * y * σ(-z) + (1 - y) * σ(z), continuous in z."""
+    z = np.array([0.0, 0.0, 1e-9])
+    y = np.array([0.3, 0.0, 0.3])
+    _, (wz, _) = tf_value_and_grads(lambda a, b: tf.nn.weighted_cross_entropy_with_logits(
+        labels=b, logits=a, pos_weight=tf.constant(3.0, tf.float64)), z, y)
+    np.testing.assert_allclose(wz, [0.7, 1.0, -0.1], rtol=1e-6)  # TF: jumps at 0
+    gz, = gbe.grad(lambda a: xent.sigmoid_cross_entropy(a, gbe.asarray(y), pos_weight=3.0,
+                                                        reduction="sum"), gbe.asarray(z))
+    np.testing.assert_allclose(gz, [-0.1, 0.5, -0.1], rtol=1e-6)
+
+
 # -- tf.compat.v1.losses: every Reduction, with weights and label smoothing --------------
 # compute_weighted_loss casts the losses to float32 and back: float32 tolerances.
 V1 = dict(rtol=1e-6, atol=1e-6)
 
-SW = np.array([1.0, 0.0, 2.0, 0.5, 3.0])
+SW = np.array([1.0, 0.0, 2.0, 0.5])
 
 
 @pytest.mark.parametrize("reduction", list(TF_REDUCTIONS))
@@ -191,9 +205,9 @@ def test_v1_losses_sigmoid_cross_entropy(be, rng, reduction, weights):
 @pytest.mark.parametrize("epsilon", [1e-7, 1e-3])
 def test_v1_losses_log_loss(be, rng, reduction, epsilon):
     p = rng.uniform(0, 1, (B, C))
-    p[0] = [0.0, 1.0, 0.0, 1.0]
+    p[0] = [0.0, 1.0, 0.0, 1.0, 0.5]
     y = rng.random((B, C))
-    y[0] = [0.0, 1.0, 1.0, 0.0]
+    y[0] = [0.0, 1.0, 1.0, 0.0, 0.5]
     want, (wp, wy) = tf_value_and_grads(
         lambda a, b: tf.compat.v1.losses.log_loss(b, a, weights=SW[:, None], epsilon=epsilon,
                                                   reduction=TF_REDUCTIONS[reduction]), p, y)

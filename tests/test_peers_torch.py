@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import xent
 
-B, C = 6, 4
-CW = np.array([0.5, 2.0, 1.0, 3.0])
+B, C = 4, 5
+CW = np.array([0.5, 2.0, 1.0, 3.0, 0.0])
 
 
 def peer(fn, *arrays):
@@ -132,8 +132,8 @@ def test_class_weights_with_probability_targets_mean_differs_deliberately(be, rn
 
 def test_all_ignored_mean_is_zero_where_torch_gives_nan(be, rng):
     """Deliberate: torch's mean over an all-ignored batch is 0/0 = NaN; xent's is 0."""
-    z = rng.normal(size=(3, C))
-    t = np.full(3, -100)
+    z = rng.normal(size=(4, C))
+    t = np.full(4, -100)
     torch_mean = F.cross_entropy(torch.tensor(z), torch.tensor(t), ignore_index=-100)
     assert torch.isnan(torch_mean)
     got = xent.sparse_softmax_cross_entropy(be.asarray(z), be.asarray(t), ignore_index=-100)
@@ -148,10 +148,10 @@ def test_f_binary_cross_entropy_with_logits(be, rng, reduction, opts):
     """torch's ``weight`` is xent's ``sample_weight``; torch's "mean" divides by the
     number of elements whatever the weights, which is xent's "sum_over_batch_size"."""
     z = rng.normal(size=(B, C)) * 3
-    z[0] = [1e4, -1e4, 50.0, -50.0]
+    z[0] = [1e4, -1e4, 50.0, -50.0, 0.0]
     y = rng.random((B, C))
     w = {"rows": rng.random((B, 1)), "full": rng.random((B, C))}.get(opts.get("weight"))
-    pw = np.array([0.5, 1.0, 2.0, 4.0]) if opts.get("pos_weight") else None
+    pw = np.array([0.5, 1.0, 2.0, 4.0, 0.0]) if opts.get("pos_weight") else None
     xred = "sum_over_batch_size" if reduction == "mean" else reduction
 
     def fx(a, b):

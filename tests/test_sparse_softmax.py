@@ -8,9 +8,9 @@ import pytest
 import xent
 from tests._oracle import REDUCTIONS, fd_grad, one_hot, sparse_ref
 
-B, C = 6, 5
+B, C = 4, 5
 CW = [0.5, 1.0, 2.0, 0.0, 1.5]
-LABELS = np.array([0, 2, -100, 4, 3, 1])
+LABELS = np.array([0, 2, -100, 4])
 OPTIONS = {
     "plain": {},
     "class_weight": {"class_weight": CW},
@@ -18,10 +18,10 @@ OPTIONS = {
     "ignore_index": {"ignore_index": -100},
     "focal": {"focal_gamma": 2.0},
     "z_loss": {"z_loss": 0.01},
-    "sample_weight": {"sample_weight": [1.0, 0.0, 2.5, 0.5, 1.0, 3.0]},
+    "sample_weight": {"sample_weight": [1.0, 0.0, 2.5, 0.5]},
     "everything": {"class_weight": CW, "label_smoothing": 0.1, "focal_gamma": 1.5,
                    "z_loss": 1e-3, "ignore_index": -100,
-                   "sample_weight": [1.0, 0.0, 2.5, 0.5, 1.0, 3.0]},
+                   "sample_weight": [1.0, 0.0, 2.5, 0.5]},
 }
 
 
@@ -108,7 +108,7 @@ def test_non_last_class_axis(be, rng, reduction):
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "int64"])
 def test_any_integer_label_dtype(be, rng, dtype):
     z = rng.normal(size=(B, C))
-    t = np.array([0, 1, 2, 3, 4, 0])
+    t = np.array([0, 1, 4, 3])
     got = xent.sparse_softmax_cross_entropy(be.asarray(z), be.asarray(t.astype(dtype)),
                                             reduction="none")
     np.testing.assert_allclose(be.to_numpy(got), sparse_ref(z, t, reduction="none"), rtol=1e-12)
@@ -117,7 +117,7 @@ def test_any_integer_label_dtype(be, rng, dtype):
 def test_ignore_index_inside_class_range(be, rng):
     # ignore_index may be a real class id (e.g. a padding token 0): those rows vanish.
     z = rng.normal(size=(B, C))
-    t = np.array([0, 1, 2, 0, 4, 0])
+    t = np.array([0, 1, 0, 4])
     got = xent.sparse_softmax_cross_entropy(be.asarray(z), be.asarray(t), ignore_index=0)
     np.testing.assert_allclose(be.to_numpy(got), sparse_ref(z, t, ignore_index=0), rtol=1e-12)
     assert abs(float(be.to_numpy(got)) - sparse_ref(z, t)) > 1e-3

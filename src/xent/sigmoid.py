@@ -52,9 +52,21 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
             * (1 - p_t)**focal_gamma,     p_t = y' σ(z) + (1 - y')(1 - σ(z))
 
     computed as ``pos_weight * y' * softplus(-z) + (1 - y') * softplus(z)``,
-    which never overflows. The normalizing weight of ``"mean"`` is the sample
-    weight alone: ``pos_weight`` scales the positive term, not the count (as
-    PyTorch's ``pos_weight`` and TensorFlow's ``weighted_cross_entropy``).
+    which never overflows, and ``1 - p_t = y' σ(-z) + (1 - y') σ(z)`` (no
+    ``1 - σ(z)`` cancellation). The normalizing weight of ``"mean"`` is the
+    sample weight alone: ``pos_weight`` scales the positive term, not the count
+    (as PyTorch's ``pos_weight`` and TensorFlow's ``weighted_cross_entropy``).
+
+    Peers: ``"none"`` is TensorFlow's ``sigmoid_cross_entropy_with_logits`` /
+    ``weighted_cross_entropy_with_logits`` and optax's
+    ``sigmoid_binary_cross_entropy``; with ``focal_gamma`` it is optax's
+    ``sigmoid_focal_loss(alpha=None)`` and Keras's ``BinaryFocalCrossentropy``
+    without class balancing (Keras clips probabilities at 1e-7, xent does not).
+    Their ``alpha`` on hard labels is ``pos_weight=alpha / (1 - alpha)`` with
+    ``sample_weight=1 - alpha``. PyTorch's ``binary_cross_entropy_with_logits``
+    ``"mean"`` divides by the number of entries whatever ``weight`` is: that is
+    xent's ``"sum_over_batch_size"``; xent's ``"mean"`` is the weighted mean
+    (TensorFlow's ``MEAN``).
 
     Args:
       logits: ``[...]`` floating-point scores: ``[B]`` or ``[B, 1]`` for binary
@@ -74,7 +86,9 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
       and dtype.
 
     Numerics: logits of +-1e4 are exact; ``-inf`` logits with label 0 (and
-    ``+inf`` with label 1) give 0 loss and 0 gradients. float16 / bfloat16 are
+    ``+inf`` with label 1) give 0 loss and 0 gradients (to the labels too, by
+    convention). The focal factor has gradient 0 where ``p_t == 1`` (no
+    ``0 * inf`` for ``focal_gamma < 1``). float16 / bfloat16 are
     computed in float32. Entries with zero ``sample_weight`` contribute exactly
     0, even with NaN logits or labels.
 
@@ -151,6 +165,11 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
     outside [0, 1] are a ``ValueError`` (for probabilities it says that logits
     belong in :func:`sigmoid_cross_entropy`). Entries with zero
     ``sample_weight`` contribute exactly 0 even when NaN.
+
+    Numerics: ``0 * log(0)`` is 0 in the value and in both gradients, so with
+    ``epsilon=0`` a certain, correct prediction (``p = y = 0`` or
+    ``p = y = 1``) has loss 0 and the finite one-sided gradient of the other
+    term, not NaN. float16 / bfloat16 are computed in float32.
 
     Example:
       >>> import numpy as np, xent

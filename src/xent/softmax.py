@@ -113,17 +113,29 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
       ``[...]`` per-element losses times ``sample_weight`` for ``"none"``,
       else a scalar.
 
-    Numerics: the log-softmax is computed as ``z - logsumexp(z)`` with the
-    maximum subtracted, so logits of +-1e4 are exact. ``-inf`` logits on classes
-    whose (smoothed, weighted) label is 0 are masked classes: their term is 0
-    and their gradients (to logits and to labels) are 0. float16 / bfloat16 are
-    computed in float32 and the result cast back. An element with
-    ``sample_weight == 0`` contributes exactly 0 to the value and every
-    gradient, even when its logits or labels are NaN or infinite.
+    Gradients: to the logits always; to the labels when ``label_gradient`` is
+    True, and then they are the derivative of the whole reduced value, so with
+    class weights and ``"mean"`` they include the derivative of the
+    denominator ``sum_i n_i`` (which depends on the labels).
+
+    Numerics: ``log p = (z - m) - logsumexp(z - m)`` with ``m`` the row maximum,
+    so logits of +-1e4 give the float64 answer (and float32 logits near 1e4
+    keep float32 precision). ``-inf`` logits on classes whose (smoothed,
+    weighted) label is 0 are masked classes: their term is 0 and its
+    gradients (to the logits and to the labels) are 0 by convention; with
+    ``label_smoothing > 0`` a masked class gets ``s / C`` and the loss is +inf,
+    as the formula says. The focal factor has gradient 0 where ``p_c == 1``
+    (no ``0 * inf`` for ``focal_gamma < 1``). float16 / bfloat16 are computed
+    in float32 and the result cast back. An element with ``sample_weight == 0``
+    contributes exactly 0 to the value and every gradient, even when its
+    logits or labels are NaN or infinite.
 
     Differences from peers: with class weights and soft labels PyTorch's
     ``"mean"`` divides by the batch size; xent divides by ``sum_i n_i`` so that
-    soft one-hot labels and integer labels agree.
+    one-hot labels and integer labels agree ("none" and "sum" are PyTorch's).
+    With labels whose rows do not sum to 1, TensorFlow's gradient is
+    ``softmax(z) - y``, which is not the derivative of its own value; xent's is
+    ``sum_c(y_c) * softmax(z) - y`` (the values agree).
 
     Validation (eager only; under ``jax.jit`` value checks are skipped): shapes,
     dtypes, negative labels or class weights.
