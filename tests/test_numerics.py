@@ -13,13 +13,15 @@ REDS = ("none", "sum", "mean")
 
 # -- extreme logits -----------------------------------------------------------
 
-EXTREME = np.array([[1e4, -1e4, 0.0, 5e3], [-1e4, -1e4, -1e4, -1e4 + 1.0], [1e4, 1e4, 0.0, -1e4]])
+EXTREME = np.array([[1e4, -1e4, 0.0, 5e3, 1.0], [-1e4, -1e4, -1e4, -1e4 + 1.0, -1e4],
+                    [1e4, 1e4, 0.0, -1e4, 2.0], [-5e3, 5e3, 1e4, -1e4, 3.0]])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_logits_1e4_give_the_float64_answer_softmax(be, dtype):
-    y = np.array([[0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.5], [0.25, 0.25, 0.25, 0.25]])
-    t = np.array([1, 3, 2])
+    y = np.array([[0.0, 1.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.5, 0.0], [0.2] * 5,
+                  [0.0, 0.0, 0.0, 0.0, 1.0]])
+    t = np.array([1, 3, 2, 4])
     z = EXTREME.astype(dtype)
     for kw in ({}, {"label_smoothing": 0.1, "focal_gamma": 2.0, "z_loss": 1e-4}):
         dense = xent.softmax_cross_entropy(be.asarray(z), be.asarray(y), reduction="none", **kw)
@@ -32,7 +34,8 @@ def test_logits_1e4_give_the_float64_answer_softmax(be, dtype):
 
 
 def test_logits_1e4_give_the_float64_gradient_softmax(gbe):
-    y = np.array([[0.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.5], [0.25, 0.25, 0.25, 0.25]])
+    y = np.array([[0.0, 1.0, 0.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.5, 0.0], [0.2] * 5,
+                  [0.0, 0.0, 0.0, 0.0, 1.0]])
     gz, = gbe.grad(lambda a: xent.softmax_cross_entropy(a, gbe.asarray(y), reduction="sum"),
                    gbe.asarray(EXTREME))
     p = np.exp(EXTREME - EXTREME.max(1, keepdims=True))
@@ -59,14 +62,16 @@ def test_logits_1e4_give_the_float64_answer_sigmoid(gbe, dtype):
 
 # -- -inf masked classes ----------------------------------------------------------
 
-MASKED = np.array([[-np.inf, 1.0, 2.0, -np.inf], [0.5, -np.inf, -1.0, 3.0]])
-MASK_Y = np.array([[0.0, 0.3, 0.7, 0.0], [1.0, 0.0, 0.0, 0.0]])
+MASKED = np.array([[-np.inf, 1.0, 2.0, -np.inf, 0.0], [0.5, -np.inf, -1.0, 3.0, -np.inf],
+                   [1.0, 2.0, 3.0, 4.0, 5.0], [-np.inf, -np.inf, -np.inf, -np.inf, 7.0]])
+MASK_Y = np.array([[0.0, 0.3, 0.7, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0],
+                   [0.2, 0.2, 0.2, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0, 1.0]])
 
 
 @pytest.mark.parametrize("focal_gamma", [0.0, 0.5, 2.0])
 def test_minus_inf_on_label_zero_classes_gives_finite_loss_and_grads_softmax(gbe, focal_gamma):
     """-inf logits on label-0 classes: the loss and gradients of the unmasked problem, 0 elsewhere."""
-    cw = np.array([1.0, 2.0, 0.5, 1.5])
+    cw = np.array([1.0, 2.0, 0.5, 1.5, 1.0])
     kw = dict(focal_gamma=focal_gamma, z_loss=1e-3, reduction="mean")
 
     def dense(a, b):
@@ -78,7 +83,7 @@ def test_minus_inf_on_label_zero_classes_gives_finite_loss_and_grads_softmax(gbe
     # The same rows without the masked classes (row by row, "sum" then the mean by hand).
     keep = np.isfinite(MASKED)
     total, den, ref_gz, ref_gy = 0.0, 0.0, np.zeros_like(MASKED), np.zeros_like(MASKED)
-    for i in range(2):
+    for i in range(4):
         z_i, y_i, cw_i = MASKED[i, keep[i]][None], MASK_Y[i, keep[i]][None], cw[keep[i]]
         f = lambda a, b: softmax_ref(a, b, class_weight=cw_i, focal_gamma=focal_gamma,  # noqa
                                      z_loss=1e-3, reduction="sum")
@@ -94,7 +99,7 @@ def test_minus_inf_on_label_zero_classes_gives_finite_loss_and_grads_softmax(gbe
     ref_gy = ref_gy / den - total / den**2 * cw
     np.testing.assert_allclose(gy, ref_gy, rtol=1e-6, atol=1e-9)
 
-    t = np.array([2, 0])
+    t = np.array([2, 0, 1, 4])
     sparse = xent.sparse_softmax_cross_entropy(gbe.asarray(MASKED), gbe.asarray(t),
                                                focal_gamma=focal_gamma, z_loss=1e-3)
     gs, = gbe.grad(lambda a: xent.sparse_softmax_cross_entropy(a, gbe.asarray(t),
@@ -106,7 +111,7 @@ def test_minus_inf_on_label_zero_classes_gives_finite_loss_and_grads_softmax(gbe
 
 def test_minus_inf_with_label_smoothing_is_infinite_like_the_formula(be):
     # s / C > 0 lands on the masked class: the formula's loss is +inf (as in PyTorch).
-    got = xent.sparse_softmax_cross_entropy(be.asarray(MASKED), be.asarray(np.array([2, 0])),
+    got = xent.sparse_softmax_cross_entropy(be.asarray(MASKED), be.asarray(np.array([2, 0, 1, 4])),
                                             label_smoothing=0.1)
     assert np.isposinf(be.to_numpy(got))
 
@@ -159,9 +164,9 @@ def test_low_precision_accumulates_in_float32_and_returns_input_dtype(be, rng, d
     z = _round(rng.normal(size=(4, 2000)) * 3 + 20, dtype)
     t = rng.integers(0, 2000, 4)
     y = np.eye(2000)[t]
-    zs = _round(rng.normal(size=(4, 300)) * 4, dtype)
-    ys = (rng.random((4, 300)) > 0.5).astype(float)
-    ps = _round(rng.uniform(0.01, 0.99, (4, 300)), dtype)
+    zs = _round(rng.normal(size=(4, 2000)) * 4, dtype)
+    ys = (rng.random((4, 2000)) > 0.5).astype(float)
+    ps = _round(rng.uniform(0.01, 0.99, (4, 2000)), dtype)
     cases = [
         (xent.sparse_softmax_cross_entropy, z, t, sparse_ref),
         (xent.softmax_cross_entropy, z, y, softmax_ref),

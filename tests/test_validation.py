@@ -169,6 +169,8 @@ def test_bad_option_types(be):
         xent.sparse_softmax_cross_entropy(be.asarray(Z), be.asarray(T), ignore_index=-1.0)
     with pytest.raises(TypeError, match="axis must be an int, got a float"):
         xent.sparse_softmax_cross_entropy(be.asarray(Z), be.asarray(T), axis=1.0)
+    with pytest.raises(TypeError, match="label_gradient must be True or False, got a str"):
+        xent.softmax_cross_entropy(be.asarray(Z), be.asarray(Y), label_gradient="no")
     with pytest.raises(ValueError, match=r"epsilon must be in \[0.0, inf\], got -1e-07"):
         xent.log_loss(be.asarray(P), be.asarray(YS), epsilon=-1e-7)
 
@@ -234,13 +236,17 @@ def test_jit_skips_the_label_range_check():
 
 def test_python_scalars_and_lists_keep_float64_precision(be):
     # torch.as_tensor(1/3) is float32; the weight must reach float64 logits unrounded.
-    z = be.asarray(np.array([[0.3, -0.2]]))
-    y = be.asarray(np.array([[1.0, 0.0]]))
+    z, y = be.asarray(Z), be.asarray((Z > 0).astype(float))
     a = xent.sigmoid_cross_entropy(z, y, pos_weight=1 / 3, sample_weight=0.1, reduction="sum")
-    b = xent.sigmoid_cross_entropy(z, y, pos_weight=[1 / 3, 1 / 3], sample_weight=[[0.1]],
+    b = xent.sigmoid_cross_entropy(z, y, pos_weight=[1 / 3] * 5, sample_weight=[[0.1]] * 4,
                                    reduction="sum")
-    want = 0.1 * (np.log1p(np.exp(-0.3)) / 3 + np.log1p(np.exp(-0.2)))
-    np.testing.assert_allclose(be.to_numpy(a), want, rtol=1e-15)
-    np.testing.assert_allclose(be.to_numpy(b), want, rtol=1e-15)
-    c = xent.sparse_softmax_cross_entropy(z, [0], class_weight=[0.1, 1 / 3], reduction="sum")
-    np.testing.assert_allclose(be.to_numpy(c), 0.1 * np.log1p(np.exp(-0.5)), rtol=1e-15)
+    pos = Z > 0
+    want = 0.1 * (np.log1p(np.exp(-Z[pos])).sum() / 3 + np.log1p(np.exp(Z[~pos])).sum())
+    np.testing.assert_allclose(be.to_numpy(a), want, rtol=1e-14)
+    np.testing.assert_allclose(be.to_numpy(b), want, rtol=1e-14)
+    cw = [0.1, 1 / 3, 0.7, 1 / 7, 1.1]
+    c = xent.sparse_softmax_cross_entropy(be.asarray(Z), T.tolist(), class_weight=cw,
+                                          reduction="sum")
+    lse = np.log(np.exp(Z).sum(1))
+    want = (np.array(cw)[T] * (lse - Z[np.arange(4), T])).sum()
+    np.testing.assert_allclose(be.to_numpy(c), want, rtol=1e-14)

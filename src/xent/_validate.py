@@ -78,6 +78,13 @@ def scalar(value: Any, name: str, *, low: float = -math.inf, high: float = math.
     return value
 
 
+def flag(value: Any, name: str) -> bool:
+    """A bool (Python or NumPy), or a ``TypeError``: no truthy strings or arrays."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return bool(value)
+
+
 def reduction(value: Any) -> str:
     if value not in REDUCTIONS:
         raise ValueError(

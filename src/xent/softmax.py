@@ -152,6 +152,7 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     """
     be, logits = V.float_array(logits, "logits")
     s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
+    label_gradient = V.flag(label_gradient, "label_gradient")
     ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
     shape = V.shape_of(logits)
     y = V.convert(be, labels, logits, "labels")
