@@ -155,3 +155,20 @@ def random_probs(rng, shape, axis=-1):
     """Soft labels that sum to 1 along ``axis``."""
     a = rng.random(shape) + 0.05
     return a / a.sum(axis=axis, keepdims=True)
+
+
+def on_backend(be, options):
+    """``options`` with array-like values (lists, NumPy arrays) as ``be``'s arrays.
+
+    Python scalars stay as they are; the float64 references take the raw lists.
+    """
+    return {k: be.asarray(np.asarray(v)) if isinstance(v, (list, np.ndarray)) else v
+            for k, v in options.items()}
+
+
+def check_value(be, fn, ref, z, y, reduction, options, rtol=1e-10):
+    """``fn`` on ``be``'s arrays equals the float64 ``ref``: shape and value."""
+    got = fn(be.asarray(z), be.asarray(y), reduction=reduction, **on_backend(be, options))
+    want = ref(z, y, reduction=reduction, **options)
+    assert tuple(got.shape) == np.shape(want)
+    np.testing.assert_allclose(be.to_numpy(got), want, rtol=rtol, atol=1e-12)

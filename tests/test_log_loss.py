@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import xent
-from tests._oracle import REDUCTIONS, fd_grad, log_loss_ref
+from tests._oracle import on_backend, REDUCTIONS, fd_grad, log_loss_ref
 
 OPTIONS = {
     "plain": {},
@@ -15,13 +15,6 @@ OPTIONS = {
     "sample_weight": {"sample_weight": [[1.0], [0.0], [2.5], [0.5]]},
     "sample_weight_full": {"sample_weight": np.linspace(0, 2, 20).reshape(4, 5).tolist()},
 }
-
-
-def _opts(be, options):
-    out = dict(options)
-    if isinstance(out.get("sample_weight"), list):
-        out["sample_weight"] = be.asarray(np.array(out["sample_weight"]))
-    return out
 
 
 def _data(rng):
@@ -37,7 +30,7 @@ def test_value_matches_float64_formula(be, rng, name, reduction):
     p[0, :2] = [0.0, 1.0]  # the edges are legal probabilities
     y[0, :2] = [0.0, 1.0]
     opts = OPTIONS[name]
-    got = xent.log_loss(be.asarray(p), be.asarray(y), reduction=reduction, **_opts(be, opts))
+    got = xent.log_loss(be.asarray(p), be.asarray(y), reduction=reduction, **on_backend(be, opts))
     # With epsilon = 0 the edges meet 0 * log(0), which is 0: a tiny epsilon
     # in the reference gives exactly that.
     ref_opts = {**opts, "epsilon": opts.get("epsilon", 1e-7) or 1e-300}
@@ -49,7 +42,7 @@ def test_value_matches_float64_formula(be, rng, name, reduction):
 def test_gradients_match_finite_differences(gbe, rng, name):
     p, y = _data(rng)
     opts = OPTIONS[name]
-    gp, gy = gbe.grad(lambda a, b: xent.log_loss(a, b, **_opts(gbe, opts)),
+    gp, gy = gbe.grad(lambda a, b: xent.log_loss(a, b, **on_backend(gbe, opts)),
                       gbe.asarray(p), gbe.asarray(y), argnums=(0, 1))
     np.testing.assert_allclose(gp, fd_grad(lambda a: log_loss_ref(a, y, **opts), p),
                                rtol=1e-6, atol=1e-8)
@@ -69,9 +62,8 @@ def test_certain_correct_predictions_have_finite_gradients_without_epsilon(gbe):
     np.testing.assert_allclose(gbe.to_numpy(value), [0.0, 0.0, np.log(4.0)], rtol=1e-12)
 
 
-def test_log_of_softmax_probabilities_is_not_log_loss(be):
-    # Sanity anchor: log_loss on sigmoid probabilities equals sigmoid_cross_entropy
-    # up to epsilon, for moderate logits.
+def test_log_loss_on_sigmoid_probabilities_is_sigmoid_cross_entropy(be):
+    # With epsilon = 0 and moderate logits, log_loss(σ(z)) is sigmoid_cross_entropy(z).
     z = np.array([-2.0, 0.5, 3.0])
     y = np.array([0.0, 1.0, 0.3])
     p = 1 / (1 + np.exp(-z))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xent
-from tests._oracle import sigmoid_ref, softmax_ref, sparse_ref
+from tests._oracle import on_backend, sigmoid_ref, softmax_ref, sparse_ref
 
 @pytest.fixture(params=["numpy", "torch"])
 def nbe(request):
@@ -67,17 +67,13 @@ def sparse_problem(draw, extreme=False):
     return z, t, axis, opts
 
 
-def _conv(be, opts):
-    return {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in opts.items()}
-
-
 @SETTINGS
 @given(problem=sparse_problem(), reduction=REDUCTIONS)
 def test_one_hot_equals_sparse_value(nbe, problem, reduction):
     z, t, axis, opts = problem
     C = z.shape[axis]
     y = np.moveaxis(np.eye(C)[t], -1, axis)
-    kw = dict(axis=axis, reduction=reduction, **_conv(nbe, opts))
+    kw = dict(axis=axis, reduction=reduction, **on_backend(nbe, opts))
     sparse = xent.sparse_softmax_cross_entropy(nbe.asarray(z), nbe.asarray(t), **kw)
     dense = xent.softmax_cross_entropy(nbe.asarray(z), nbe.asarray(y), **kw)
     np.testing.assert_allclose(nbe.to_numpy(sparse), nbe.to_numpy(dense), rtol=1e-12, atol=1e-14)
@@ -92,7 +88,7 @@ def test_one_hot_equals_sparse_gradient(tbe, problem, reduction):
     z, t, axis, opts = problem
     C = z.shape[axis]
     y = np.moveaxis(np.eye(C)[t], -1, axis)
-    kw = dict(axis=axis, reduction=reduction, **_conv(tbe, opts))
+    kw = dict(axis=axis, reduction=reduction, **on_backend(tbe, opts))
     gs, = tbe.grad(lambda a: xent.sparse_softmax_cross_entropy(a, tbe.asarray(t), **kw),
                    tbe.asarray(z))
     gd, = tbe.grad(lambda a: xent.softmax_cross_entropy(a, tbe.asarray(y), **kw),
@@ -113,7 +109,7 @@ def test_extreme_logits_and_masks_are_finite_and_exact(tbe, problem, data):
     mask &= np.moveaxis(np.eye(C, dtype=bool)[t], -1, axis) == 0
     z = np.where(mask, -np.inf, z)
     fn = lambda a: xent.sparse_softmax_cross_entropy(  # noqa: E731
-        a, tbe.asarray(t), axis=axis, reduction="sum", **_conv(tbe, opts))
+        a, tbe.asarray(t), axis=axis, reduction="sum", **on_backend(tbe, opts))
     value = tbe.to_numpy(fn(tbe.asarray(z)))
     g, = tbe.grad(fn, tbe.asarray(z))
     assert np.isfinite(value) and np.isfinite(g).all()
@@ -151,9 +147,9 @@ def test_softmax_is_shift_invariant(nbe, problem, shift):
     C = z.shape[axis]
     y = np.moveaxis(np.eye(C)[t], -1, axis)
     a = xent.softmax_cross_entropy(nbe.asarray(z), nbe.asarray(y), axis=axis, reduction="none",
-                                   **_conv(nbe, opts))
+                                   **on_backend(nbe, opts))
     b = xent.softmax_cross_entropy(nbe.asarray(z + shift), nbe.asarray(y), axis=axis,
-                                   reduction="none", **_conv(nbe, opts))
+                                   reduction="none", **on_backend(nbe, opts))
     np.testing.assert_allclose(nbe.to_numpy(a), nbe.to_numpy(b), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(nbe.to_numpy(a), softmax_ref(z, y, axis=axis, reduction="none",
                                                            **opts), rtol=1e-9, atol=1e-12)

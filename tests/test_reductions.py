@@ -79,6 +79,15 @@ def test_empty_batch_is_defined(be, rng, loss, reduction):
     assert not np.isnan(be.to_numpy(got)).any()
 
 
+@pytest.mark.parametrize("loss", LOSSES)
+def test_empty_batch_gradient_is_empty(gbe, rng, loss):
+    z, y = _data(rng, loss, 0)
+    for reduction in ("sum", "mean"):
+        g, = gbe.grad(lambda a: getattr(xent, loss)(a, gbe.asarray(y), reduction=reduction),
+                      gbe.asarray(z))
+        assert g.shape == z.shape
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_all_ignored_mean_is_zero_with_zero_gradients(gbe, rng, reduction):
     z = rng.normal(size=(4, C))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import xent
-from tests._oracle import REDUCTIONS, fd_grad, sigmoid_ref
+from tests._oracle import check_value, on_backend, REDUCTIONS, fd_grad, sigmoid_ref
 
 B, C = 4, 5
 OPTIONS = {
@@ -24,14 +24,6 @@ OPTIONS = {
 }
 
 
-def _opts(be, options):
-    out = dict(options)
-    for key in ("pos_weight", "sample_weight"):
-        if isinstance(out.get(key), list):
-            out[key] = be.asarray(np.array(out[key]))
-    return out
-
-
 def _data(rng):
     z = rng.normal(size=(B, C)) * 3
     y = rng.random((B, C))
@@ -44,11 +36,7 @@ def _data(rng):
 def test_value_matches_float64_formula(be, rng, name, reduction):
     z, y = _data(rng)
     opts = OPTIONS[name]
-    got = xent.sigmoid_cross_entropy(be.asarray(z), be.asarray(y), reduction=reduction,
-                                     **_opts(be, opts))
-    want = sigmoid_ref(z, y, reduction=reduction, **opts)
-    assert got.shape == np.shape(want)
-    np.testing.assert_allclose(be.to_numpy(got), want, rtol=1e-10, atol=1e-12)
+    check_value(be, xent.sigmoid_cross_entropy, sigmoid_ref, z, y, reduction, opts)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean", "sum_by_nonzero_weights"])
@@ -58,7 +46,7 @@ def test_gradients_match_finite_differences(gbe, rng, name, reduction):
     y[0] = [0.3, 0.9, 0.6, 0.1, 0.5]  # the label gradient is one-sided at 0 and 1
     opts = OPTIONS[name]
     gz, gy = gbe.grad(lambda a, b: xent.sigmoid_cross_entropy(a, b, reduction=reduction,
-                                                              **_opts(gbe, opts)),
+                                                              **on_backend(gbe, opts)),
                       gbe.asarray(z), gbe.asarray(y), argnums=(0, 1))
     np.testing.assert_allclose(gz, fd_grad(lambda a: sigmoid_ref(a, y, reduction=reduction,
                                                                  **opts), z),

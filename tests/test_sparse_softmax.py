@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import xent
-from tests._oracle import REDUCTIONS, fd_grad, one_hot, sparse_ref
+from tests._oracle import check_value, on_backend, REDUCTIONS, fd_grad, one_hot, sparse_ref
 
 B, C = 4, 5
 CW = [0.5, 1.0, 2.0, 0.0, 1.5]
@@ -29,25 +29,13 @@ def _labels(opts):
     return LABELS if "ignore_index" in opts else np.where(LABELS < 0, 2, LABELS)
 
 
-def _opts(be, options):
-    out = dict(options)
-    for key in ("class_weight", "sample_weight"):
-        if isinstance(out.get(key), list):
-            out[key] = be.asarray(np.array(out[key]))
-    return out
-
-
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_value_matches_float64_formula(be, rng, name, reduction):
     z = rng.normal(size=(B, C)) * 2
     opts = OPTIONS[name]
     t = _labels(opts)
-    got = xent.sparse_softmax_cross_entropy(be.asarray(z), be.asarray(t), reduction=reduction,
-                                            **_opts(be, opts))
-    want = sparse_ref(z, t, reduction=reduction, **opts)
-    assert got.shape == np.shape(want)
-    np.testing.assert_allclose(be.to_numpy(got), want, rtol=1e-10, atol=1e-12)
+    check_value(be, xent.sparse_softmax_cross_entropy, sparse_ref, z, t, reduction, opts)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean", "sum_over_batch_size"])
@@ -58,7 +46,7 @@ def test_gradient_matches_finite_differences(gbe, rng, name, reduction):
     t = _labels(opts)
     gz, = gbe.grad(lambda a: xent.sparse_softmax_cross_entropy(a, gbe.asarray(t),
                                                                reduction=reduction,
-                                                               **_opts(gbe, opts)),
+                                                               **on_backend(gbe, opts)),
                    gbe.asarray(z))
     want = fd_grad(lambda a: sparse_ref(a, t, reduction=reduction, **opts), z)
     np.testing.assert_allclose(gz, want, rtol=1e-6, atol=1e-8)
@@ -80,10 +68,10 @@ def test_equals_dense_with_one_hot_labels(gbe, rng, name):
             continue  # sum_over_batch_size etc. count ignored rows differently by design
         sparse = lambda a: xent.sparse_softmax_cross_entropy(  # noqa: E731
             a, gbe.asarray(t), reduction=reduction, ignore_index=ignore,
-            sample_weight=gbe.asarray(sw), **_opts(gbe, opts))
+            sample_weight=gbe.asarray(sw), **on_backend(gbe, opts))
         dense = lambda a: xent.softmax_cross_entropy(  # noqa: E731
             a, gbe.asarray(y), reduction=reduction, sample_weight=gbe.asarray(sw),
-            **_opts(gbe, opts))
+            **on_backend(gbe, opts))
         np.testing.assert_allclose(gbe.to_numpy(sparse(gbe.asarray(z))),
                                    gbe.to_numpy(dense(gbe.asarray(z))), rtol=1e-12, atol=1e-15)
         if reduction != "none":
