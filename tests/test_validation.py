@@ -250,3 +250,20 @@ def test_python_scalars_and_lists_keep_float64_precision(be):
     lse = np.log(np.exp(Z).sum(1))
     want = (np.array(cw)[T] * (lse - Z[np.arange(4), T])).sum()
     np.testing.assert_allclose(be.to_numpy(c), want, rtol=1e-14)
+
+
+def test_value_checks_run_under_eager_autodiff(gbe):
+    # Under torch autograd and an eager jax.grad the values are known: the checks
+    # run and their messages can read the offending value (a JAX tracer refuses
+    # np.asarray, which once turned this ValueError into a TracerArrayConversionError).
+    with pytest.raises(ValueError, match=r"labels must be in \[0, inf\], got -1 at position "
+                                         r"\(1, 1\)"):
+        gbe.grad(lambda y: xent.softmax_cross_entropy(gbe.asarray(Z[:2, :3]), y),
+                 gbe.asarray(np.array([[1.0, 0, 0], [0, -1.0, 0]])))
+    with pytest.raises(ValueError, match=r"probabilities must be in \[0, 1\], got 2 at "
+                                         r"position \(1,\)"):
+        gbe.grad(lambda p: xent.log_loss(p, gbe.asarray(np.array([0.0, 1.0]))),
+                 gbe.asarray(np.array([0.5, 2.0])))
+    with pytest.raises(ValueError, match=r"got 5 at position \(1,\)"):
+        gbe.grad(lambda z: xent.sparse_softmax_cross_entropy(z, gbe.asarray(np.array([0, 5]))),
+                 gbe.asarray(Z[:2, :3]))

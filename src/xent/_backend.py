@@ -124,13 +124,17 @@ class Backend:
         """False when ``x`` is a JAX tracer whose values are unknown."""
         return True
 
+    def host(self, x: Any) -> np.ndarray:
+        """The values of ``x`` as a NumPy array (eager only: ``is_concrete(x)``)."""
+        return to_numpy(x)
+
     def any(self, mask: Any) -> bool:
         """``bool(mask.any())`` (eager only)."""
-        return bool(np.any(mask))
+        return bool(np.any(self.host(mask)))
 
     def first_true(self, mask: Any) -> tuple[int, ...]:
         """The index of the first True entry of ``mask`` (eager only)."""
-        return tuple(int(i) for i in np.argwhere(to_numpy(mask))[0])
+        return tuple(int(i) for i in np.argwhere(self.host(mask))[0])
 
     # -- math -------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:
@@ -208,7 +212,7 @@ class TorchBackend(Backend):
         return x if x.dtype == dtype else x.to(dtype)
 
     def any(self, mask: Any) -> bool:
-        return bool(mask.any())
+        return bool(mask.any())  # one element crosses to the host, not the mask
 
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
@@ -257,15 +261,27 @@ class JaxBackend(Backend):
     def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
         return self.jnp.asarray(x, dtype=dtype)
 
-    def is_concrete(self, x: Any) -> bool:
-        core = self.jax.core
-        if not isinstance(x, core.Tracer):
-            return True
-        is_concrete = getattr(core, "is_concrete", None)
-        return bool(is_concrete(x)) if is_concrete is not None else False
+    def _concrete(self, x: Any) -> Any:
+        """``x``'s value, or None for a tracer whose value is unknown (``jax.jit``, ``vmap``).
 
-    def any(self, mask: Any) -> bool:
-        return bool(np.any(np.asarray(mask)))
+        Under an eager ``jax.grad`` the arrays are tracers with known values:
+        validation runs there, and its messages read the values through
+        ``to_concrete_value`` (``np.asarray`` refuses any tracer). Without that
+        (private) function, tracers count as unknown and the checks are skipped.
+        """
+        if not isinstance(x, self.jax.core.Tracer):
+            return x
+        try:
+            from jax._src.core import to_concrete_value
+        except ImportError:  # pragma: no cover - depends on the JAX version
+            return None
+        return to_concrete_value(x)
+
+    def is_concrete(self, x: Any) -> bool:
+        return self._concrete(x) is not None
+
+    def host(self, x: Any) -> np.ndarray:
+        return to_numpy(self._concrete(x))
 
     def stop_gradient(self, x: Any) -> Any:
         return self.jax.lax.stop_gradient(x)

@@ -143,7 +143,7 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
     bad = (x < low) | (x > high)
     if be.any(bad):
         pos = be.first_true(bad)
-        value = float(np.asarray(_host(be, x[pos])))
+        value = float(be.host(x[pos]))
         msg = f"{name} must be in [{low:g}, {high:g}], got {value:g} at position {pos}"
         raise ValueError(msg + (f"; {hint}" if hint else ""))
 
@@ -158,7 +158,7 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
         bad = bad & (labels != ignore_index)
     if be.any(bad):
         pos = be.first_true(bad)
-        value = int(np.asarray(_host(be, labels[pos])))
+        value = int(be.host(labels[pos]))
         extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(
             f"{name} must be class indices in [0, {num_classes}){extra}, "
@@ -180,8 +180,3 @@ def ignore_index(value: Any) -> Any:
         raise TypeError(f"ignore_index must be an int or None, got {describe(value)}")
     return int(value)
 
-
-def _host(be: Backend, x: Any) -> Any:
-    from ._backend import to_numpy
-
-    return to_numpy(x)
