@@ -2,7 +2,8 @@
 
 Every check names the argument, what was expected and what came. Checks that
 need concrete values (label ranges, probabilities in [0, 1]) run in eager mode
-only: under ``jax.jit`` the values are unknown and the check is skipped.
+only: under ``jax.jit`` and ``jax.vmap`` the values are unknown and the check is
+skipped (an eager ``jax.grad`` or torch autograd still checks).
 """
 
 from __future__ import annotations

@@ -78,7 +78,9 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
       label_smoothing: ``s`` in [0, 1]: labels move towards 1/2.
       focal_gamma: the focal exponent (0: plain cross-entropy); with
         ``pos_weight`` it multiplies the weighted loss.
-      sample_weight: per-entry weights broadcastable to the logits' shape.
+      sample_weight: per-entry weights broadcastable to the logits' shape
+        (NumPy rules: trailing axes align, so per-row weights of ``[B, C]``
+        logits have shape ``[B, 1]``; a broadcast may not grow the shape).
       reduction: one of the five (see ``xent`` docs); every entry is an element.
 
     Returns:
@@ -92,7 +94,7 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     computed in float32. Entries with zero ``sample_weight`` contribute exactly
     0, even with NaN logits or labels.
 
-    Validation (eager only; skipped under ``jax.jit``): labels outside [0, 1]
+    Validation (skipped under ``jax.jit`` and ``jax.vmap``): labels outside [0, 1]
     are a ``ValueError`` naming the first position.
 
     Example:
@@ -161,7 +163,7 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
     Returns:
       ``[...]`` for ``"none"``, else a scalar, in the input's library and dtype.
 
-    Validation (eager only; skipped under ``jax.jit``): probabilities or labels
+    Validation (skipped under ``jax.jit`` and ``jax.vmap``): probabilities or labels
     outside [0, 1] are a ``ValueError`` (for probabilities it says that logits
     belong in :func:`sigmoid_cross_entropy`). Entries with zero
     ``sample_weight`` contribute exactly 0 even when NaN.

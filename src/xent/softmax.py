@@ -137,7 +137,7 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     ``softmax(z) - y``, which is not the derivative of its own value; xent's is
     ``sum_c(y_c) * softmax(z) - y`` (the values agree).
 
-    Validation (eager only; under ``jax.jit`` value checks are skipped): shapes,
+    Validation (value checks are skipped under ``jax.jit`` and ``jax.vmap``): shapes,
     dtypes, negative labels or class weights.
 
     Example:
@@ -240,7 +240,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     ``"mean"`` of a batch whose elements are all ignored is 0 with zero
     gradients (PyTorch gives NaN).
 
-    Validation (eager only; under ``jax.jit`` the range check is skipped and an
+    Validation (under ``jax.jit`` and ``jax.vmap`` the range check is skipped and an
     out-of-range label gives an undefined result): labels must be integers of
     the right shape, in ``[0, C)`` or equal to ``ignore_index``; the first
     offending position is named.
