@@ -124,13 +124,17 @@ class Backend:
         """False when ``x`` is a JAX tracer whose values are unknown."""
         return True
 
+    def host(self, x: Any) -> np.ndarray:
+        """The values of ``x`` as a NumPy array (eager only: ``is_concrete(x)``)."""
+        return to_numpy(x)
+
     def any(self, mask: Any) -> bool:
         """``bool(mask.any())`` (eager only)."""
-        return bool(np.any(mask))
+        return bool(np.any(self.host(mask)))
 
     def first_true(self, mask: Any) -> tuple[int, ...]:
         """The index of the first True entry of ``mask`` (eager only)."""
-        return tuple(int(i) for i in np.argwhere(to_numpy(mask))[0])
+        return tuple(int(i) for i in np.argwhere(self.host(mask))[0])
 
     # -- math -------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:
@@ -161,7 +165,18 @@ class Backend:
         return np.moveaxis(x, source, dest)
 
     def pow(self, x: Any, gamma: float) -> Any:
-        return x**gamma
+        """``x**gamma`` for ``x >= 0`` and ``gamma > 0``, with gradient 0 (not NaN) at 0.
+
+        The focal factor ``(1 - p)**gamma`` meets ``x == 0`` when a prediction is
+        certain; there ``d x**gamma / dx`` is infinite for ``gamma < 1`` and the
+        plain power's gradient becomes ``0 * inf = NaN``. Every focal loss
+        multiplies this factor by a cross-entropy that is itself 0 where
+        ``x == 0``, so the true derivative of the product is 0.
+        """
+        xp = self.xp
+        pos = x > 0
+        safe = xp.where(pos, x, xp.ones_like(x))
+        return xp.where(pos, safe**gamma, xp.zeros_like(x))
 
 
 class TorchBackend(Backend):
@@ -185,13 +200,19 @@ class TorchBackend(Backend):
         return self.torch.float32
 
     def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
+        if not isinstance(x, self.torch.Tensor):
+            # Through NumPy: torch would make Python floats float32 (rounding a
+            # weight of 1/3 before it meets float64 logits); NumPy keeps float64.
+            x = np.asarray(x)
+            if not x.flags.writeable:
+                x = np.array(x)  # torch warns on read-only NumPy arrays (np.broadcast_to)
         return self.torch.as_tensor(x, dtype=dtype, device=like.device)
 
     def astype(self, x: Any, dtype: Any) -> Any:
         return x if x.dtype == dtype else x.to(dtype)
 
     def any(self, mask: Any) -> bool:
-        return bool(mask.any())
+        return bool(mask.any())  # one element crosses to the host, not the mask
 
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
@@ -240,15 +261,27 @@ class JaxBackend(Backend):
     def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
         return self.jnp.asarray(x, dtype=dtype)
 
-    def is_concrete(self, x: Any) -> bool:
-        core = self.jax.core
-        if not isinstance(x, core.Tracer):
-            return True
-        is_concrete = getattr(core, "is_concrete", None)
-        return bool(is_concrete(x)) if is_concrete is not None else False
+    def _concrete(self, x: Any) -> Any:
+        """``x``'s value, or None for a tracer whose value is unknown (``jax.jit``, ``vmap``).
 
-    def any(self, mask: Any) -> bool:
-        return bool(np.any(np.asarray(mask)))
+        Under an eager ``jax.grad`` the arrays are tracers with known values:
+        validation runs there, and its messages read the values through
+        ``to_concrete_value`` (``np.asarray`` refuses any tracer). Without that
+        (private) function, tracers count as unknown and the checks are skipped.
+        """
+        if not isinstance(x, self.jax.core.Tracer):
+            return x
+        try:
+            from jax._src.core import to_concrete_value
+        except ImportError:  # pragma: no cover - depends on the JAX version
+            return None
+        return to_concrete_value(x)
+
+    def is_concrete(self, x: Any) -> bool:
+        return self._concrete(x) is not None
+
+    def host(self, x: Any) -> np.ndarray:
+        return to_numpy(self._concrete(x))
 
     def stop_gradient(self, x: Any) -> Any:
         return self.jax.lax.stop_gradient(x)

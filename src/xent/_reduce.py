@@ -31,11 +31,11 @@ from ._backend import Backend
 
 
 def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int, ...],
-                   dtype: Any, name: str = "sample_weight") -> Any:
+                   dtype: Any, name: str = "sample_weight", ref_name: str = "logits") -> Any:
     """``sample_weight`` as a float array of exactly ``shape`` (or None)."""
     if sample_weight is None:
         return None
-    sw = V.convert(be, sample_weight, like, name)
+    sw = V.convert(be, sample_weight, like, name, ref_name)
     if not be.is_floating(sw):
         sw = be.astype(sw, dtype)
     V.broadcastable_to(sw, shape, name, "the per-element loss shape")

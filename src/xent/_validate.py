@@ -2,7 +2,8 @@
 
 Every check names the argument, what was expected and what came. Checks that
 need concrete values (label ranges, probabilities in [0, 1]) run in eager mode
-only: under ``jax.jit`` the values are unknown and the check is skipped.
+only: under ``jax.jit`` and ``jax.vmap`` the values are unknown and the check is
+skipped (an eager ``jax.grad`` or torch autograd still checks).
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def scalar(value: Any, name: str, *, low: float = -math.inf, high: float = math.
     return value
 
 
+def flag(value: Any, name: str) -> bool:
+    """A bool (Python or NumPy), or a ``TypeError``: no truthy strings or arrays."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {describe(value)}")
+    return bool(value)
+
+
 def reduction(value: Any) -> str:
     if value not in REDUCTIONS:
         raise ValueError(
@@ -117,9 +125,11 @@ def broadcastable_to(x: Any, shape: tuple[int, ...], name: str, what: str) -> No
     except ValueError:
         out = None
     if out != tuple(shape):
-        raise ValueError(
-            f"{name} of shape {got} must broadcast to {what} {tuple(shape)} without changing it"
-        )
+        msg = f"{name} of shape {got} must broadcast to {what} {tuple(shape)} without changing it"
+        if 0 < len(got) < len(shape) and got == tuple(shape)[:len(got)]:
+            fix = got + (1,) * (len(shape) - len(got))
+            msg += f" (broadcasting aligns trailing axes: for weights along the leading axes use shape {fix})"
+        raise ValueError(msg)
 
 
 def eager(be: Backend, *arrays: Any) -> bool:
@@ -134,7 +144,7 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
     bad = (x < low) | (x > high)
     if be.any(bad):
         pos = be.first_true(bad)
-        value = float(np.asarray(_host(be, x[pos])))
+        value = float(be.host(x[pos]))
         msg = f"{name} must be in [{low:g}, {high:g}], got {value:g} at position {pos}"
         raise ValueError(msg + (f"; {hint}" if hint else ""))
 
@@ -149,7 +159,7 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
         bad = bad & (labels != ignore_index)
     if be.any(bad):
         pos = be.first_true(bad)
-        value = int(np.asarray(_host(be, labels[pos])))
+        value = int(be.host(labels[pos]))
         extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
         raise ValueError(
             f"{name} must be class indices in [0, {num_classes}){extra}, "
@@ -171,8 +181,3 @@ def ignore_index(value: Any) -> Any:
         raise TypeError(f"ignore_index must be an int or None, got {describe(value)}")
     return int(value)
 
-
-def _host(be: Backend, x: Any) -> Any:
-    from ._backend import to_numpy
-
-    return to_numpy(x)

@@ -10,8 +10,8 @@ from . import _validate as V
 __all__ = ["sigmoid_cross_entropy", "log_loss"]
 
 
-def _labels(be, labels, like, shape, cdt, name="labels"):
-    y = V.convert(be, labels, like, name)
+def _labels(be, labels, like, shape, cdt, name="labels", ref_name="logits"):
+    y = V.convert(be, labels, like, name, ref_name)
     V.same_shape(y, shape, name, "sigmoid losses take one label per logit, in [0, 1]")
     if not be.is_floating(y):
         name_ = be.dtype_name(y.dtype)
@@ -20,6 +20,18 @@ def _labels(be, labels, like, shape, cdt, name="labels"):
     y = be.astype(y, cdt)
     V.in_range(be, y, 0.0, 1.0, name, "sigmoid labels are probabilities of the positive class")
     return y
+
+
+def _xlog(be, w, x):
+    """``w * log(x)``, and 0 where ``w == 0`` and ``x == 0`` (value and both gradients).
+
+    The double ``where`` keeps ``log`` away from 0 on those entries, so its
+    backward pass never computes ``0 / 0``.
+    """
+    xp = be.xp
+    zero = (w == 0) & (x == 0)
+    safe = xp.where(zero, xp.ones_like(x), x)
+    return xp.where(zero, xp.zeros_like(x), w * xp.log(safe))
 
 
 def _safe_product(be, w, value):
@@ -40,9 +52,21 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
             * (1 - p_t)**focal_gamma,     p_t = y' σ(z) + (1 - y')(1 - σ(z))
 
     computed as ``pos_weight * y' * softplus(-z) + (1 - y') * softplus(z)``,
-    which never overflows. The normalizing weight of ``"mean"`` is the sample
-    weight alone: ``pos_weight`` scales the positive term, not the count (as
-    PyTorch's ``pos_weight`` and TensorFlow's ``weighted_cross_entropy``).
+    which never overflows, and ``1 - p_t = y' σ(-z) + (1 - y') σ(z)`` (no
+    ``1 - σ(z)`` cancellation). The normalizing weight of ``"mean"`` is the
+    sample weight alone: ``pos_weight`` scales the positive term, not the count
+    (as PyTorch's ``pos_weight`` and TensorFlow's ``weighted_cross_entropy``).
+
+    Peers: ``"none"`` is TensorFlow's ``sigmoid_cross_entropy_with_logits`` /
+    ``weighted_cross_entropy_with_logits`` and optax's
+    ``sigmoid_binary_cross_entropy``; with ``focal_gamma`` it is optax's
+    ``sigmoid_focal_loss(alpha=None)`` and Keras's ``BinaryFocalCrossentropy``
+    without class balancing (Keras clips probabilities at 1e-7, xent does not).
+    Their ``alpha`` on hard labels is ``pos_weight=alpha / (1 - alpha)`` with
+    ``sample_weight=1 - alpha``. PyTorch's ``binary_cross_entropy_with_logits``
+    ``"mean"`` divides by the number of entries whatever ``weight`` is: that is
+    xent's ``"sum_over_batch_size"``; xent's ``"mean"`` is the weighted mean
+    (TensorFlow's ``MEAN``).
 
     Args:
       logits: ``[...]`` floating-point scores: ``[B]`` or ``[B, 1]`` for binary
@@ -54,7 +78,9 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
       label_smoothing: ``s`` in [0, 1]: labels move towards 1/2.
       focal_gamma: the focal exponent (0: plain cross-entropy); with
         ``pos_weight`` it multiplies the weighted loss.
-      sample_weight: per-entry weights broadcastable to the logits' shape.
+      sample_weight: per-entry weights broadcastable to the logits' shape
+        (NumPy rules: trailing axes align, so per-row weights of ``[B, C]``
+        logits have shape ``[B, 1]``; a broadcast may not grow the shape).
       reduction: one of the five (see ``xent`` docs); every entry is an element.
 
     Returns:
@@ -62,11 +88,13 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
       and dtype.
 
     Numerics: logits of +-1e4 are exact; ``-inf`` logits with label 0 (and
-    ``+inf`` with label 1) give 0 loss and 0 gradients. float16 / bfloat16 are
+    ``+inf`` with label 1) give 0 loss and 0 gradients (to the labels too, by
+    convention). The focal factor has gradient 0 where ``p_t == 1`` (no
+    ``0 * inf`` for ``focal_gamma < 1``). float16 / bfloat16 are
     computed in float32. Entries with zero ``sample_weight`` contribute exactly
     0, even with NaN logits or labels.
 
-    Validation (eager only; skipped under ``jax.jit``): labels outside [0, 1]
+    Validation (skipped under ``jax.jit`` and ``jax.vmap``): labels outside [0, 1]
     are a ``ValueError`` naming the first position.
 
     Example:
@@ -74,7 +102,10 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
       >>> z = np.array([3.0, -1.0, 0.0])
       >>> y = np.array([1.0, 0.0, 1.0])
       >>> xent.sigmoid_cross_entropy(z, y, reduction="none").round(6)
-      array([0.04859 , 0.313262, 0.693147])
+      array([0.048587, 0.313262, 0.693147])
+      >>> # "mean" with pos_weight: (2 * 0.048587 + 0.313262 + 2 * 0.693147) / 3
+      >>> round(float(xent.sigmoid_cross_entropy(z, y, pos_weight=2.0)), 6)
+      0.59891
 
     References: TensorFlow ``tf.nn.sigmoid_cross_entropy_with_logits`` and
     ``tf.nn.weighted_cross_entropy_with_logits``; PyTorch
@@ -104,8 +135,8 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     pos = y if pw is None else pw * y
     loss = _safe_product(be, pos, be.softplus(-z)) + _safe_product(be, 1.0 - y, be.softplus(z))
     if gamma != 0.0:
-        p = be.sigmoid(z)
-        loss = loss * (y * (1.0 - p) + (1.0 - y) * p) ** gamma
+        # 1 - p_t = y' (1 - σ(z)) + (1 - y') σ(z), with 1 - σ(z) = σ(-z) exactly
+        loss = loss * be.pow(y * be.sigmoid(-z) + (1.0 - y) * be.sigmoid(z), gamma)
     return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype)
 
 
@@ -132,21 +163,29 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
     Returns:
       ``[...]`` for ``"none"``, else a scalar, in the input's library and dtype.
 
-    Validation (eager only; skipped under ``jax.jit``): probabilities or labels
+    Validation (skipped under ``jax.jit`` and ``jax.vmap``): probabilities or labels
     outside [0, 1] are a ``ValueError`` (for probabilities it says that logits
     belong in :func:`sigmoid_cross_entropy`). Entries with zero
     ``sample_weight`` contribute exactly 0 even when NaN.
+
+    Numerics: ``0 * log(0)`` is 0 in the value and in both gradients, so with
+    ``epsilon=0`` a certain, correct prediction (``p = y = 0`` or
+    ``p = y = 1``) has loss 0 and the finite one-sided gradient of the other
+    term, not NaN. float16 / bfloat16 are computed in float32.
 
     Example:
       >>> import numpy as np, xent
       >>> p = np.array([0.9, 0.2])
       >>> y = np.array([1.0, 0.0])
-      >>> xent.log_loss(p, y, reduction="none").round(6)
+      >>> xent.log_loss(p, y, reduction="none").round(6)  # -log(0.9 + 1e-7), -log(0.8 + 1e-7)
+      array([0.10536 , 0.223143])
+      >>> xent.log_loss(p, y, epsilon=0.0, reduction="none").round(6)
       array([0.105361, 0.223144])
 
     References: ``tf.compat.v1.losses.log_loss``; scikit-learn ``log_loss``.
     """
     be, p = V.float_array(probabilities, "probabilities")
+    like = p
     eps = V.scalar(epsilon, "epsilon", low=0.0)
     red = V.reduction(reduction)
     xp = be.xp
@@ -156,12 +195,13 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
     V.in_range(be, p, 0.0, 1.0, "probabilities",
                "log_loss takes probabilities; pass logits to sigmoid_cross_entropy")
     p = be.astype(p, cdt)
-    y = _labels(be, labels, probabilities, shape, cdt)
-    sw = R.sample_weights(be, sample_weight, probabilities, shape, cdt)
+    y = _labels(be, labels, like, shape, cdt, ref_name="probabilities")
+    sw = R.sample_weights(be, sample_weight, like, shape, cdt,
+                          ref_name="probabilities")
     keep = R.keep_mask(be, sw, None)
     if keep is not None:
         half = xp.full_like(p, 0.5)
         p = xp.where(keep, p, half)
         y = xp.where(keep, y, xp.zeros_like(y))
-    loss = -(_safe_product(be, y, xp.log(p + eps)) + _safe_product(be, 1.0 - y, xp.log(1.0 - p + eps)))
+    loss = -(_xlog(be, y, p + eps) + _xlog(be, 1.0 - y, 1.0 - p + eps))
     return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=out_dtype)

@@ -54,6 +54,23 @@ def _masked_logp(be: Backend, logp: Any, weight: Any) -> Any:
     return xp.where(bad, xp.zeros_like(logp), logp)
 
 
+def _log_normalizer(be: Backend, z: Any):
+    """``(z - m, logsumexp(z - m), m)`` along the last axis, ``m`` the row maximum.
+
+    ``log p = (z - m) - logsumexp(z - m)``: the shift ``z - m`` is exact and the
+    log-sum is at most ``log C``, so no rounding of a huge ``logsumexp(z)``
+    reaches ``log p`` (float32 logits near -1e4 keep float32 precision; the
+    unshifted ``z - logsumexp(z)`` loses three digits there). ``m`` is a
+    constant for autodiff (the loss does not depend on it); a non-finite row
+    maximum is replaced by 0.
+    """
+    xp = be.xp
+    m = xp.max(z, axis=-1, keepdims=True)
+    m = be.stop_gradient(xp.where(xp.isfinite(m), m, xp.zeros_like(m)))
+    zs = z - m
+    return zs, be.logsumexp(zs, axis=-1, keepdims=True), m
+
+
 def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                           class_weight: Any = None, label_smoothing: float = 0.0,
                           label_gradient: bool = True, focal_gamma: float = 0.0,
@@ -96,19 +113,31 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
       ``[...]`` per-element losses times ``sample_weight`` for ``"none"``,
       else a scalar.
 
-    Numerics: the log-softmax is computed as ``z - logsumexp(z)`` with the
-    maximum subtracted, so logits of +-1e4 are exact. ``-inf`` logits on classes
-    whose (smoothed, weighted) label is 0 are masked classes: their term is 0
-    and their gradients (to logits and to labels) are 0. float16 / bfloat16 are
-    computed in float32 and the result cast back. An element with
-    ``sample_weight == 0`` contributes exactly 0 to the value and every
-    gradient, even when its logits or labels are NaN or infinite.
+    Gradients: to the logits always; to the labels when ``label_gradient`` is
+    True, and then they are the derivative of the whole reduced value, so with
+    class weights and ``"mean"`` they include the derivative of the
+    denominator ``sum_i n_i`` (which depends on the labels).
+
+    Numerics: ``log p = (z - m) - logsumexp(z - m)`` with ``m`` the row maximum,
+    so logits of +-1e4 give the float64 answer (and float32 logits near 1e4
+    keep float32 precision). ``-inf`` logits on classes whose (smoothed,
+    weighted) label is 0 are masked classes: their term is 0 and its
+    gradients (to the logits and to the labels) are 0 by convention; with
+    ``label_smoothing > 0`` a masked class gets ``s / C`` and the loss is +inf,
+    as the formula says. The focal factor has gradient 0 where ``p_c == 1``
+    (no ``0 * inf`` for ``focal_gamma < 1``). float16 / bfloat16 are computed
+    in float32 and the result cast back. An element with ``sample_weight == 0``
+    contributes exactly 0 to the value and every gradient, even when its
+    logits or labels are NaN or infinite.
 
     Differences from peers: with class weights and soft labels PyTorch's
     ``"mean"`` divides by the batch size; xent divides by ``sum_i n_i`` so that
-    soft one-hot labels and integer labels agree.
+    one-hot labels and integer labels agree ("none" and "sum" are PyTorch's).
+    With labels whose rows do not sum to 1, TensorFlow's gradient is
+    ``softmax(z) - y``, which is not the derivative of its own value; xent's is
+    ``sum_c(y_c) * softmax(z) - y`` (the values agree).
 
-    Validation (eager only; under ``jax.jit`` value checks are skipped): shapes,
+    Validation (value checks are skipped under ``jax.jit`` and ``jax.vmap``): shapes,
     dtypes, negative labels or class weights.
 
     Example:
@@ -123,6 +152,7 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     """
     be, logits = V.float_array(logits, "logits")
     s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
+    label_gradient = V.flag(label_gradient, "label_gradient")
     ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
     shape = V.shape_of(logits)
     y = V.convert(be, labels, logits, "labels")
@@ -156,15 +186,15 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
         y = xp.where(keep[..., None], y, xp.zeros_like(y))
-    lse = be.logsumexp(z, axis=-1, keepdims=True)
-    logp = z - lse
+    zs, lse_s, m = _log_normalizer(be, z)
+    logp = zs - lse_s
     ys = y if s == 0.0 else (1.0 - s) * y + s / C
     w = ys if cw is None else ys * cw
     if gamma != 0.0:
-        w = w * (-xp.expm1(logp)) ** gamma
-    loss = -xp.sum(w * _masked_logp(be, logp, w), axis=-1)
+        w = w * be.pow(-xp.expm1(logp), gamma)
+    loss = xp.sum(w * -_masked_logp(be, logp, w), axis=-1)  # +0.0, not -0.0, for empty rows
     if zl != 0.0:
-        loss = loss + zl * lse[..., 0] ** 2
+        loss = loss + zl * (lse_s + m)[..., 0] ** 2
     norm = None
     if cw is not None:
         norm = xp.sum(y * cw, axis=-1)
@@ -210,7 +240,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     ``"mean"`` of a batch whose elements are all ignored is 0 with zero
     gradients (PyTorch gives NaN).
 
-    Validation (eager only; under ``jax.jit`` the range check is skipped and an
+    Validation (under ``jax.jit`` and ``jax.vmap`` the range check is skipped and an
     out-of-range label gives an undefined result): labels must be integers of
     the right shape, in ``[0, C)`` or equal to ``ignore_index``; the first
     offending position is named.
@@ -252,33 +282,32 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
         t = xp.where(valid, t, xp.zeros_like(t))
     sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
     if valid is not None:
-        vw = be.astype(valid, cdt)
-        sw = vw if sw is None else sw * vw
+        # where, not a product: a NaN sample weight on an ignored element stays out
+        sw = be.astype(valid, cdt) if sw is None else xp.where(valid, sw, xp.zeros_like(sw))
     cw = _class_weight(be, class_weight, like, C, cdt)
     keep = R.keep_mask(be, sw, valid)
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
     t = be.astype(t, _index_dtype(be))
-    lse = be.logsumexp(z, axis=-1, keepdims=True)
-    z_t = be.take_along_axis(z, t[..., None], axis=-1)
-    logp_t = (z_t - lse)[..., 0]
+    zs, lse_s, m = _log_normalizer(be, z)
+    logp_t = (be.take_along_axis(zs, t[..., None], axis=-1) - lse_s)[..., 0]
     w_t = None if cw is None else be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0)
     if w_t is not None:
         w_t = xp.reshape(w_t, elem_shape)
     nll = -logp_t
     if gamma != 0.0:
-        nll = nll * (-xp.expm1(logp_t)) ** gamma
+        nll = nll * be.pow(-xp.expm1(logp_t), gamma)
     if w_t is not None:
         nll = nll * w_t
     loss = nll if s == 0.0 else (1.0 - s) * nll
     if s != 0.0:
-        logp = z - lse
+        logp = zs - lse_s
         wc = xp.ones_like(logp) if cw is None else xp.broadcast_to(cw, V.shape_of(logp))
         if gamma != 0.0:
-            wc = wc * (-xp.expm1(logp)) ** gamma
+            wc = wc * be.pow(-xp.expm1(logp), gamma)
         loss = loss - (s / C) * xp.sum(wc * _masked_logp(be, logp, wc), axis=-1)
     if zl != 0.0:
-        loss = loss + zl * lse[..., 0] ** 2
+        loss = loss + zl * (lse_s + m)[..., 0] ** 2
     norm = None
     if w_t is not None:
         norm = w_t if sw is None else w_t * sw
