@@ -267,3 +267,19 @@ def test_value_checks_run_under_eager_autodiff(gbe):
     with pytest.raises(ValueError, match=r"got 5 at position \(1,\)"):
         gbe.grad(lambda z: xent.sparse_softmax_cross_entropy(z, gbe.asarray(np.array([0, 5]))),
                  gbe.asarray(Z[:2, :3]))
+
+
+def test_jit_closed_over_concrete_labels_are_still_checked():
+    """Regression: labels closed over by a jitted function are concrete; the
+    range check must run on them (it used to crash converting a staged tracer)."""
+    import jax
+    import jax.numpy as jnp
+
+    import xent
+
+    bad = jnp.asarray([0, 5])
+    with pytest.raises(ValueError, match=r"got 5 at position \(1,\)"):
+        jax.jit(lambda z: xent.sparse_softmax_cross_entropy(z, bad))(jnp.zeros((2, 3)))
+    good = jnp.asarray([0, 2])
+    out = jax.jit(lambda z: xent.sparse_softmax_cross_entropy(z, good))(jnp.zeros((2, 3)))
+    np.testing.assert_allclose(float(out), np.log(3.0), rtol=1e-6)

@@ -12,6 +12,7 @@ The libraries are imported lazily: ``import xent`` costs neither torch nor jax.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -123,6 +124,14 @@ class Backend:
     def is_concrete(self, x: Any) -> bool:
         """False when ``x`` is a JAX tracer whose values are unknown."""
         return True
+
+    def concrete(self, x: Any) -> Any:
+        """``x`` with known values as an array that eager ops run on (see ``is_concrete``)."""
+        return x
+
+    def eager_scope(self) -> Any:
+        """A context in which ops on concrete arrays run eagerly, also inside ``jax.jit``."""
+        return contextlib.nullcontext()
 
     def host(self, x: Any) -> np.ndarray:
         """The values of ``x`` as a NumPy array (eager only: ``is_concrete(x)``)."""
@@ -279,6 +288,14 @@ class JaxBackend(Backend):
 
     def is_concrete(self, x: Any) -> bool:
         return self._concrete(x) is not None
+
+    def concrete(self, x: Any) -> Any:
+        return self._concrete(x)
+
+    def eager_scope(self) -> Any:
+        # Inside jax.jit, ops on a closed-over concrete array would be staged
+        # (and np.asarray of the result would fail): evaluate them now.
+        return self.jax.ensure_compile_time_eval()
 
     def host(self, x: Any) -> np.ndarray:
         return to_numpy(self._concrete(x))

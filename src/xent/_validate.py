@@ -141,12 +141,15 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
     """Values of ``x`` in [low, high] (NaN passes), eager only."""
     if not eager(be, x) or int(np.prod(shape_of(x))) == 0:
         return
-    bad = (x < low) | (x > high)
-    if be.any(bad):
+    with be.eager_scope():
+        x = be.concrete(x)
+        bad = (x < low) | (x > high)
+        if not be.any(bad):
+            return
         pos = be.first_true(bad)
         value = float(be.host(x[pos]))
-        msg = f"{name} must be in [{low:g}, {high:g}], got {value:g} at position {pos}"
-        raise ValueError(msg + (f"; {hint}" if hint else ""))
+    msg = f"{name} must be in [{low:g}, {high:g}], got {value:g} at position {pos}"
+    raise ValueError(msg + (f"; {hint}" if hint else ""))
 
 
 def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
@@ -154,17 +157,20 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
     """Integer labels in [0, num_classes) or equal to ``ignore_index``, eager only."""
     if not eager(be, labels) or int(np.prod(shape_of(labels))) == 0:
         return
-    bad = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        bad = bad & (labels != ignore_index)
-    if be.any(bad):
+    with be.eager_scope():
+        labels = be.concrete(labels)
+        bad = (labels < 0) | (labels >= num_classes)
+        if ignore_index is not None:
+            bad = bad & (labels != ignore_index)
+        if not be.any(bad):
+            return
         pos = be.first_true(bad)
         value = int(be.host(labels[pos]))
-        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-        raise ValueError(
-            f"{name} must be class indices in [0, {num_classes}){extra}, "
-            f"got {value} at position {pos}"
-        )
+    extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    raise ValueError(
+        f"{name} must be class indices in [0, {num_classes}){extra}, "
+        f"got {value} at position {pos}"
+    )
 
 
 def integer_labels(be: Backend, labels: Any, name: str = "labels", hint: str = "") -> None:

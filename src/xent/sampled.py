@@ -9,7 +9,6 @@ estimators for training; evaluate with the full softmax
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 from typing import Any
 
@@ -23,13 +22,6 @@ __all__ = ["sampled_softmax_loss", "nce_loss"]
 # TensorFlow adds -FLT_MAX to the logits of accidental hits; xent puts it there
 # with a `where`, so no gradient reaches them.
 _HIT_LOGIT = -3.4028234663852886e38
-
-
-def _eager_checks(be: Backend):
-    """Inside ``jax.jit``, value checks on concrete (closed-over) arrays still run eagerly."""
-    if be.name == "jax":
-        return be.jax.ensure_compile_time_eval()
-    return contextlib.nullcontext()
 
 
 def _matrix(be: Backend, x: Any, like: Any, name: str, ndim: int, what: str) -> Any:
@@ -55,7 +47,7 @@ def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: in
         raise ValueError(
             f"labels must have shape ({N}, num_true={T})"
             + (f" or ({N},)" if T == 1 else "") + f", got {shape}{hint}")
-    with _eager_checks(be):
+    with be.eager_scope():
         V.class_indices(be, t, num_classes, None)
     return be.astype(t, _int_dtype(be))
 
@@ -74,7 +66,7 @@ def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_cl
         if V.shape_of(arr) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {V.shape_of(arr)}")
     V.integer_labels(be, ids, names[0])
-    with _eager_checks(be):
+    with be.eager_scope():
         V.class_indices(be, ids, num_classes, None, names[0])
     return Sample(be.astype(ids, _int_dtype(be)), te, se)
 
