@@ -6,12 +6,14 @@ library, device and dtype. See ``shared/API.md`` for the contract and
 ``docs/choosing.md`` for which loss fits which labels.
 """
 
+from .linear import linear_cross_entropy
 from .sigmoid import log_loss, sigmoid_cross_entropy
 from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "linear_cross_entropy",
     "log_loss",
     "sigmoid_cross_entropy",
     "softmax_cross_entropy",
