@@ -113,7 +113,7 @@ def _kernel(o: Opts):
         return (dX, dW, db, None, None, None)
 
     f.defvjp(fwd, bwd)
-    return f
+    return jax.jit(f)  # compiled once per options and shapes, also when called eagerly
 
 
 def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts) -> Any:
