@@ -216,7 +216,7 @@ def test_gradients_equal_naive_and_peer(gbe, rng, opt, reduction, chunk):
     for g, w in zip(got, want):
         assert g.shape == w.shape
         close(g, w)
-    peer_kw = {k: torch.as_tensor(gbe.to_numpy(v)) for k, v in arrays.items()}
+    peer_kw = {k: torch.tensor(np.array(gbe.to_numpy(v))) for k, v in arrays.items()}
     tx, tW = (torch.tensor(x, requires_grad=True), torch.tensor(W, requires_grad=True))
     tb = None if bias is None else torch.tensor(gbe.to_numpy(bias), requires_grad=True)
     peer = peer_torch(tx, tW, torch.as_tensor(t), bias=tb, reduction=reduction, **peer_kw,

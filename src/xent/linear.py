@@ -47,7 +47,6 @@ class Opts:
     smoothing: float
     z_loss: float
     softcap: float | None
-    has_class_weight: bool
 
 
 def row_loss(log_se: Any, zt_rel: Any, sm_rel: Any, lse: Any, w_t: Any, S: Any, o: Opts) -> Any:
@@ -94,13 +93,16 @@ def num_chunks(o: Opts) -> int:
     return -(-o.num_classes // o.chunk)
 
 
-def online_init(xp: Any, n: int, dtype: Any, like: Any = None) -> tuple:
-    """Row statistics before any chunk: (m, se, sm, S_seen)."""
+def online_init(xp: Any, n: int, dtype: Any) -> tuple:
+    """Row statistics before any chunk: (m, se, sm, S_seen).
+
+    ``m`` starts at the dtype's lowest finite value, not ``-inf``, so that the
+    first rescaling ``exp(m - m_new)`` is 0 rather than NaN.
+    """
     low = float(np.finfo(np.float64 if "64" in str(dtype) else np.float32).min)
-    kw = {} if like is None else {"device": like.device}
-    m = xp.full((n,), low, dtype=dtype, **kw)
-    zero = xp.zeros((n,), dtype=dtype, **kw)
-    return m, zero, zero, xp.zeros((), dtype=dtype, **kw)
+    m = xp.full((n,), low, dtype=dtype)
+    zero = xp.zeros((n,), dtype=dtype)
+    return m, zero, zero, xp.zeros((), dtype=dtype)
 
 
 def online_update(xp: Any, state: tuple, z: Any, colw: Any, o: Opts) -> tuple:
@@ -162,8 +164,8 @@ def _numpy_rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, cdt: Any, o: 
     return row_loss(log_se, zt - m, sm, m + log_se, w_t, S, o)
 
 
-def _options(be: Backend, inputs: Any, classifier: Any, bias: Any, label_smoothing: Any,
-             z_loss: Any, logit_softcap: Any, reduction: Any, chunk_size: Any):
+def _options(label_smoothing: Any, z_loss: Any, logit_softcap: Any, reduction: Any,
+             chunk_size: Any):
     s = V.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     zl = V.scalar(z_loss, "z_loss", low=0.0)
     cap = None if logit_softcap is None else V.scalar(
@@ -241,15 +243,19 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
       sample_weight: per-row weights broadcastable to ``[...]``.
       reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"sum_over_batch_size"`` or
         ``"sum_by_nonzero_weights"``.
-      chunk_size: vocabulary columns per chunk; by default about 4M logits
-        (16 MB in float32) are held at once.
+      chunk_size: vocabulary columns per chunk (any value; the last chunk may be
+        shorter); by default ``4M / N`` columns, so about 4M logits (16 MB in
+        float32) are held at once (twice that with ``logit_softcap``).
 
     Returns:
       ``[...]`` for ``"none"``, else a scalar; the inputs' library and dtype.
 
-    Numerics: float16 / bfloat16 products are accumulated in float32 and the
-    softmax, the loss and the classifier/bias gradients are computed in
-    float32; the result has the inputs' dtype. Rows that are ignored or have
+    Numerics: with float16 / bfloat16 inputs the products accumulate in
+    float32 and the logits, softmax, loss and ``dl/dz`` are float32 (torch's
+    classifier-gradient product takes ``dl/dz`` rounded to the inputs' dtype,
+    as the naive composition does); the result has the inputs' dtype.
+    Logits of +-1e4 are exact (all sums are taken relative to the row
+    maximum). Rows that are ignored or have
     zero sample weight contribute exactly 0 even when their inputs are NaN.
     ``-inf`` entries of ``bias`` are masked classes (finite loss while their
     smoothed, weighted label is 0).
@@ -263,10 +269,9 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
       >>> x = np.array([[1.0, 0.0], [0.0, 1.0]])
       >>> W = np.array([[2.0, 0.0], [0.0, 0.0], [-1.0, 0.0]])
       >>> y = np.array([0, 2])
-      >>> float(xent.linear_cross_entropy(x, W, y, reduction="sum")).__round__(6)
+      >>> round(float(xent.linear_cross_entropy(x, W, y, reduction="sum")), 6)
       1.268458
-      >>> z = x @ W.T
-      >>> float(xent.sparse_softmax_cross_entropy(z, y, reduction="sum")).__round__(6)
+      >>> round(float(xent.sparse_softmax_cross_entropy(x @ W.T, y, reduction="sum")), 6)
       1.268458
 
     References: Wijmans et al. 2025, "Cut Your Losses in Large-Vocabulary
@@ -274,8 +279,7 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     cross-entropy; Milakov & Gimelshein 2018 (online softmax).
     """
     be, x = V.float_array(inputs, "inputs")
-    s, zl, cap, red = _options(be, inputs, classifier, bias, label_smoothing, z_loss,
-                               logit_softcap, reduction, chunk_size)
+    s, zl, cap, red = _options(label_smoothing, z_loss, logit_softcap, reduction, chunk_size)
     ignore = V.ignore_index(ignore_index)
     shape = V.shape_of(x)
     if len(shape) == 0:
@@ -328,7 +332,7 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
 
     t2 = xp.reshape(be.astype(t, _index_dtype(be)), (n,))
     w_t = 1.0 if cw is None else xp.take(cw, t2, axis=0)
-    o = Opts(nv, default_chunk(n, nv, chunk_size), s, zl, cap, cw is not None)
+    o = Opts(nv, default_chunk(n, nv, chunk_size), s, zl, cap)
     norm = None
     if cw is not None:
         norm = xp.reshape(w_t, lead) if sw is None else xp.reshape(w_t, lead) * sw
