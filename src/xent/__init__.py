@@ -8,6 +8,7 @@ library, device and dtype. See ``shared/API.md`` for the contract and
 
 from . import samplers
 from .choose import Equivalents, Finding, Recommendation, check, choose, equivalents
+from .linear import linear_cross_entropy
 from .sampled import nce_loss, sampled_softmax_loss
 from .sigmoid import log_loss, sigmoid_cross_entropy
 from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
@@ -21,6 +22,7 @@ __all__ = [
     "check",
     "choose",
     "equivalents",
+    "linear_cross_entropy",
     "log_loss",
     "nce_loss",
     "sampled_softmax_loss",
