@@ -521,3 +521,18 @@ def test_bad_types_are_type_errors(be, rng):
     if be.name != "numpy":  # NumPy arrays are converted to the inputs' library and dtype
         got = lce(be.asarray(x, "float32"), W, t)
         assert str(got.dtype).endswith("float32")
+
+
+def test_nan_sample_weight_on_ignored_row_stays_out(be, rng):
+    """Regression: the ignored rows' sample weight was multiplied by 0, so a NaN
+    weight there (padding) made the whole loss NaN; it is now masked out."""
+    x, W, t, kw = make(rng, lead=(8,), D=5, V=31)
+    t[[2, 5]] = IGNORE
+    sw = np.ones(8)
+    sw[[2, 5]] = np.nan
+    got = xent.linear_cross_entropy(be.asarray(x), be.asarray(W), be.asarray(t),
+                                    ignore_index=IGNORE, sample_weight=be.asarray(sw),
+                                    reduction="sum")
+    keep = t != IGNORE
+    want = ref_loss(x[keep], W, t[keep], reduction="sum")
+    close(be.to_numpy(got), want)

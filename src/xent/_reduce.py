@@ -108,3 +108,23 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
     if out_dtype is not None:
         out = be.astype(out, out_dtype)
     return out
+
+
+def ignore_and_weight(be: Backend, labels: Any, ignore_index: Any, sample_weight: Any,
+                      like: Any, shape: tuple[int, ...], dtype: Any) -> tuple[Any, Any, Any]:
+    """Integer labels with ``ignore_index`` folded into the sample weights.
+
+    Returns ``(labels, sample_weight, valid)``: the labels with ignored entries
+    replaced by class 0 (safe to gather), the per-element sample weights with 0
+    on ignored elements (a ``where``, so a NaN weight there stays out), and the
+    mask of non-ignored elements (None without ``ignore_index``).
+    """
+    xp = be.xp
+    valid = None
+    if ignore_index is not None:
+        valid = labels != ignore_index
+        labels = xp.where(valid, labels, xp.zeros_like(labels))
+    sw = sample_weights(be, sample_weight, like, shape, dtype)
+    if valid is not None:
+        sw = be.astype(valid, dtype) if sw is None else xp.where(valid, sw, xp.zeros_like(sw))
+    return labels, sw, valid

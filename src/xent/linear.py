@@ -310,14 +310,7 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     xp = be.xp
     cdt = be.compute_dtype(x.dtype)
     n = int(math.prod(lead))
-    valid = None
-    if ignore is not None:
-        valid = t != ignore
-        t = xp.where(valid, t, xp.zeros_like(t))
-    sw = R.sample_weights(be, sample_weight, x, lead, cdt)
-    if valid is not None:
-        vw = be.astype(valid, cdt)
-        sw = vw if sw is None else sw * vw
+    t, sw, valid = R.ignore_and_weight(be, t, ignore, sample_weight, x, lead, cdt)
     cw = None
     if class_weight is not None:
         from .softmax import _class_weight

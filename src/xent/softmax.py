@@ -276,14 +276,7 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
                    sample_weight, red, like):
     xp = be.xp
     elem_shape = V.shape_of(t)
-    valid = None
-    if ignore is not None:
-        valid = t != ignore
-        t = xp.where(valid, t, xp.zeros_like(t))
-    sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
-    if valid is not None:
-        # where, not a product: a NaN sample weight on an ignored element stays out
-        sw = be.astype(valid, cdt) if sw is None else xp.where(valid, sw, xp.zeros_like(sw))
+    t, sw, valid = R.ignore_and_weight(be, t, ignore, sample_weight, like, elem_shape, cdt)
     cw = _class_weight(be, class_weight, like, C, cdt)
     keep = R.keep_mask(be, sw, valid)
     if keep is not None:
