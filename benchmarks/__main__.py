@@ -34,6 +34,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", default=None,
                    help="which size list of each case to run: quick, full, sweep "
                         "(default: full, or quick with --quick)")
+    p.add_argument("--size", action="append", default=[], metavar="K=V,K=V",
+                   help="run this problem size instead of the case's lists, e.g. "
+                        "--size n=2048,c=32768 (repeatable)")
     p.add_argument("--group", action="append", default=[],
                    help="run only groups containing this substring (repeatable)")
     p.add_argument("--impl", action="append", default=[],
@@ -62,10 +65,21 @@ def _selected(cases, args):
     return out
 
 
-def _jobs(cases, size_key, mode):
+def _parse_size(text: str) -> dict:
+    out = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            out[k.strip()] = float(v) if v.replace(".", "", 1).isdigit() else v
+    return out
+
+
+def _jobs(cases, size_key, mode, explicit=()):
     jobs = []
     for c in cases:
-        sizes = c.sizes.get(size_key) or []
+        sizes = list(explicit) or c.sizes.get(size_key) or []
         for size in sizes:
             for bwd in c.backward:
                 if (mode == "forward" and bwd) or (mode == "backward" and not bwd):
@@ -77,7 +91,7 @@ def _jobs(cases, size_key, mode):
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     cases = _selected(load_all(), args)
-    size_key = args.sizes or ("quick" if args.quick else "full")
+    size_key = "custom" if args.size else args.sizes or ("quick" if args.quick else "full")
     if args.list:
         for c in cases:
             kinds = ", ".join(f"{k}: {len(v)}" for k, v in c.sizes.items())
@@ -85,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reps = args.reps or (3 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else 1
-    jobs = _jobs(cases, size_key, args.mode)
+    jobs = _jobs(cases, size_key, args.mode, [_parse_size(x) for x in args.size])
     if not jobs:
         print(f"no jobs: no selected case has sizes for {size_key!r}", file=sys.stderr)
         return 2

@@ -90,9 +90,50 @@ class _Fused(torch.autograd.Function):
                 "in place (call backward once, or disable the fast path with "
                 "xent._fast.disabled())")
         ctx.grad = None
-        # in place: computed in the promoted dtype, stored in the logits' dtype
-        g.mul_(grad_loss.reshape(grad_loss.shape + (1,) * (g.dim() - grad_loss.dim())))
+        gl = grad_loss.reshape(grad_loss.shape + (1,) * (g.dim() - grad_loss.dim()))
+        if g.dtype == gl.dtype:
+            g.mul_(gl)
+            return g, None
+        # 16-bit gradient: multiply in float32 a block of rows at a time (a
+        # whole-tensor mixed-dtype product would make a float32 temporary)
+        step = F.rows_per_chunk(g[0].numel(), 4, 8 * F.CHUNK_BYTES)
+        for r0 in range(0, g.shape[0], step):
+            rows = g[r0:r0 + step]
+            rows.copy_(rows.to(gl.dtype).mul_(gl[r0:r0 + step]))
         return g, None
+
+
+_HUGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise = None
+
+
+def _empty_like(z: torch.Tensor, dtype=None) -> torch.Tensor:
+    """A new buffer of ``z``'s shape, backed by huge pages where Linux allows.
+
+    A fresh logits-sized buffer is mostly page faults on its first write (one
+    per 4 KiB); asking for transparent huge pages (``madvise(MADV_HUGEPAGE)``,
+    honoured when THP is in "madvise" or "always" mode) makes that 512 times
+    fewer. Anywhere else this is a plain ``torch.empty_like``.
+    """
+    out = torch.empty_like(z, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type == "cpu" and nbytes >= 4 * _HUGE:
+        global _madvise
+        try:
+            if _madvise is None:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                _madvise = libc.madvise
+            p = out.data_ptr()
+            lo, hi = -(-p // _HUGE) * _HUGE, (p + nbytes) // _HUGE * _HUGE
+            if _madvise:
+                _madvise(lo, hi - lo, _MADV_HUGEPAGE)
+        except (OSError, AttributeError):  # pragma: no cover - not Linux / no libc
+            _madvise = False
+    return out
 
 
 def _apply(z2: torch.Tensor, kernel) -> torch.Tensor:
@@ -132,19 +173,42 @@ def _work_buffer(grad, r0, r1, bufs, n, cd):
     return bufs.get("w", n)
 
 
-def _shift(zc, w):
-    """``w = z - m`` with ``m`` the row maximum (0 where it is not finite)."""
-    m = zc.amax(1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+def _shift(zc, w, m):
+    """``w = z - m`` with ``m`` (a ``[n, 1]`` slice) the row maximum, 0 where not finite."""
+    torch.amax(zc, 1, keepdim=True, out=m)
+    m.nan_to_num_(0.0, 0.0, 0.0)
     torch.sub(zc, m, out=w)
-    return m[:, 0]
 
 
-def _masked_dot(a, w, tmp):
-    """``sum_c a_c w_c`` per row, with ``0 * -inf`` counted as 0."""
+def _masked_dot(a, w, tmp, out):
+    """``sum_c a_c w_c`` per row into ``out``, with ``0 * -inf`` counted as 0.
+
+    (A NaN product is set to 0 too: it can only come from a NaN logit or
+    label of the row, which makes ``S`` or ``A`` and so the loss NaN anyway.)
+    """
     torch.mul(a, w, out=tmp)
-    tmp.masked_fill_(a == 0, 0)
-    return tmp.sum(1)
+    tmp.nan_to_num_(0.0, _INF, -_INF)
+    torch.sum(tmp, 1, keepdim=True, out=out)
+
+
+def _grad_scale(w, a_sum, m, S, zl):
+    """``w *= (A + 2 z_loss lse) / S`` (rows): turns ``exp(z - m)`` into ``(A + ...) p``."""
+    if zl != 0.0:
+        w.mul_((a_sum + 2.0 * zl * (m + torch.log(S))) / S)
+    elif isinstance(a_sum, float) and a_sum == 1.0:
+        w.div_(S)
+    else:
+        w.mul_(a_sum / S)
+
+
+def _stats(n_rows, k, cd, device):
+    """``k`` per-row statistics, each an ``[N, 1]`` column that chunks fill."""
+    return list(torch.empty((k, n_rows, 1), dtype=cd, device=device).unbind(0))
+
+
+def _col(x, r0, r1):
+    """Rows ``r0:r1`` of a per-row vector as a column (or a float as it is)."""
+    return x if isinstance(x, float) else x[r0:r1, None]
 
 
 def sparse_loss(z, t, w_t, cw, keep, s, zl):
@@ -152,61 +216,57 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
         return None
     C = z.shape[-1]
     z2 = z.reshape(-1, C)
-    t1 = t.reshape(-1)
+    N = z2.shape[0]
+    t2 = t.reshape(-1, 1)
     wt1 = None if w_t is None else w_t.reshape(-1)
     k1 = None if keep is None else keep.reshape(-1)
     cd = _compute_dtype(z.dtype)
     w_total = C if cw is None else cw.sum()
     sc = s / C
     smooth_w = None if s == 0.0 else (sc if cw is None else sc * cw)
+    a_sum, on = F.sparse_coefficients(wt1, s, C, w_total)
+    a_sum = a_sum if isinstance(a_sum, float) else a_sum.to(cd)
 
     def kernel(z2, need_grad):
-        loss, grad = _softmax_rows_init(z2, cd, need_grad)
+        grad = _empty_like(z2) if need_grad else None
+        M, S, D, SZ = _stats(N, 4 if s != 0.0 else 3, cd, z2.device) + [None] * (s == 0.0)
+        if need_grad:
+            src = (-on).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
+                (N, 1), -on, dtype=cd, device=z2.device)
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
             kc = None if k1 is None else k1[r0:r1]
             zc = _load(z2[r0:r1], kc, bufs, n, cd)
-            m = _shift(zc, w)
-            tc = t1[r0:r1, None]
-            wt = None if wt1 is None else wt1[r0:r1]
-            a_sum, on = F.sparse_coefficients(wt, s, C, w_total)
-            a_dot = on * w.gather(1, tc)[:, 0]
+            m, tc = M[r0:r1], t2[r0:r1]
+            _shift(zc, w, m)
+            torch.gather(w, 1, tc, out=D[r0:r1])                        # z_t - m
             if s != 0.0:
                 if cw is None:
-                    a_dot = a_dot + sc * w.sum(1)
+                    torch.sum(w, 1, keepdim=True, out=SZ[r0:r1])
                 else:
-                    a_dot = a_dot + sc * _masked_dot(cw.expand(n, C), w, bufs.get("t", n))
+                    _masked_dot(cw.expand(n, C), w, bufs.get("t", n), SZ[r0:r1])
             w.exp_()
-            S = w.sum(1)
-            log_s = torch.log(S)
-            lse = m + log_s
-            loss[r0:r1] = F.row_loss(log_s, lse, a_sum, a_dot, zl)
+            Sc = S[r0:r1]
+            torch.sum(w, 1, keepdim=True, out=Sc)
             if grad is None:
                 return None
-            coef = (a_sum + 2.0 * zl * lse) if zl != 0.0 else a_sum
-            w.mul_((coef / S)[:, None])
+            _grad_scale(w, _col(a_sum, r0, r1), m, Sc, zl)
             if smooth_w is not None:
                 w.sub_(smooth_w)
-            if isinstance(on, torch.Tensor):
-                src = (-on)[:, None].to(cd)
-            else:
-                src = torch.full((n, 1), -on, dtype=cd, device=w.device)
-            w.scatter_add_(1, tc, src)
+            w.scatter_add_(1, tc, src[r0:r1])
             if kc is not None:
                 w.masked_fill_(~kc[:, None], 0)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return loss, grad
+        log_s = torch.log(S[:, 0])
+        a_dot = on * D[:, 0]
+        if s != 0.0:
+            a_dot = a_dot + sc * SZ[:, 0]
+        return F.row_loss(log_s, M[:, 0] + log_s, a_sum, a_dot, zl), grad
 
     return _apply(z2, kernel).reshape(z.shape[:-1])
-
-
-def _softmax_rows_init(z2, cd, need_grad):
-    loss = torch.empty(z2.shape[0], dtype=cd, device=z2.device)
-    grad = torch.empty_like(z2) if need_grad else None
-    return loss, grad
 
 
 def _run_chunks(z2, cd, grad, chunk):
@@ -238,13 +298,15 @@ def dense_loss(z, y, cw, keep, s, zl):
         return None
     C = z.shape[-1]
     z2 = z.reshape(-1, C)
+    N = z2.shape[0]
     y2 = y.reshape(-1, C)
     k1 = None if keep is None else keep.reshape(-1)
     cd = _compute_dtype(z.dtype)
     sc = s / C
 
     def kernel(z2, need_grad):
-        loss, grad = _softmax_rows_init(z2, cd, need_grad)
+        grad = _empty_like(z2) if need_grad else None
+        M, S, A, D = _stats(N, 4, cd, z2.device)
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
@@ -258,24 +320,23 @@ def dense_loss(z, y, cw, keep, s, zl):
                 a.mul_(cw)
             if kc is not None:
                 a.masked_fill_(~kc[:, None], 0)
-            m = _shift(zc, w)
-            a_sum = a.sum(1)
-            a_dot = _masked_dot(a, w, bufs.get("t", n))
+            m, Ac, Sc = M[r0:r1], A[r0:r1], S[r0:r1]
+            torch.sum(a, 1, keepdim=True, out=Ac)
+            _shift(zc, w, m)
+            _masked_dot(a, w, bufs.get("t", n), D[r0:r1])
             w.exp_()
-            S = w.sum(1)
-            log_s = torch.log(S)
-            lse = m + log_s
-            loss[r0:r1] = F.row_loss(log_s, lse, a_sum, a_dot, zl)
+            torch.sum(w, 1, keepdim=True, out=Sc)
             if grad is None:
                 return None
-            coef = (a_sum + 2.0 * zl * lse) if zl != 0.0 else a_sum
-            w.mul_((coef / S)[:, None]).sub_(a)
+            _grad_scale(w, Ac, m, Sc, zl)
+            w.sub_(a)
             if kc is not None:
                 w.masked_fill_(~kc[:, None], 0)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return loss, grad
+        log_s = torch.log(S[:, 0])
+        return F.row_loss(log_s, M[:, 0] + log_s, A[:, 0], D[:, 0], zl), grad
 
     return _apply(z2, kernel).reshape(z.shape[:-1])
 
@@ -294,8 +355,8 @@ def sigmoid_loss(z, y, pw, keep, s):
 
     def kernel(z2, need_grad):
         N = z2.shape[0]
-        loss = torch.empty((N, C), dtype=cd, device=z2.device)
-        grad = torch.empty_like(z2) if need_grad else None
+        loss = _empty_like(z2, dtype=cd)
+        grad = _empty_like(z2) if need_grad else None
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
