@@ -36,8 +36,8 @@ def blocks(rows: list[dict]) -> "OrderedDict[tuple, list[dict]]":
     return out
 
 
-def _ms(r: dict) -> str:
-    return f"{r['time_s'] * 1e3:.1f}" if "time_s" in r else "-"
+def _ms(r: dict, key: str = "time_s") -> str:
+    return f"{r[key] * 1e3:.1f}" if key in r else "-"
 
 
 def _mb(r: dict) -> str:
@@ -66,13 +66,13 @@ def short(impl: str) -> str:
 
 def _block_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     peers = [r for r in rows if r["case"].peer and "error" not in r]
-    head = ["impl", "time ms", "extra MB", "mem/input"]
+    head = ["impl", "time ms", "cpu ms", "extra MB", "mem/input"]
     head += [f"t÷{short(p['case'].impl)}" for p in peers]
     head += [f"m÷{short(p['case'].impl)}" for p in peers]
     body = []
     for r in rows:
         line = [r["case"].impl + ("" if "error" not in r else f"  ERROR: {r['error'][:80]}"),
-                _ms(r), _mb(r), _mem_ratio(r)]
+                _ms(r), _ms(r, "cpu_s"), _mb(r), _mem_ratio(r)]
         if r["case"].peer:
             line += [""] * (2 * len(peers))
         else:
@@ -98,7 +98,7 @@ def format_tables(rows: list[dict]) -> str:
 
 
 FIELDS = ["timestamp", "machine", "versions", "size_key", "group", "impl", "peer", "size",
-          "mode", "reps", "warmup", "time_s", "time_min_s", "time_max_s", "extra_bytes",
+          "mode", "reps", "warmup", "time_s", "cpu_s", "time_min_s", "time_max_s", "extra_bytes",
           "input_bytes", "mem_ratio", "mem_method", "note", "error"]
 
 
@@ -115,7 +115,7 @@ def write_csv(path: str, rows: list[dict], info: dict, size_key: str, reps: int,
                 "size_key": size_key, "group": c.group, "impl": c.impl, "peer": int(c.peer),
                 "size": size_label(r["size"]), "mode": mode_label(r["backward"]),
                 "reps": reps, "warmup": warmup,
-                **{k: r.get(k, "") for k in ("time_s", "time_min_s", "time_max_s",
+                **{k: r.get(k, "") for k in ("time_s", "cpu_s", "time_min_s", "time_max_s",
                                              "extra_bytes", "input_bytes", "mem_ratio",
                                              "mem_method", "error")},
                 "note": c.note,
@@ -186,7 +186,7 @@ def write_markdown(rows: list[dict], info: dict, size_key: str, reps: int, argv:
         f"- reproduce: `python -m benchmarks {' '.join(argv)}`".rstrip() + "",
         f"- raw data: `{os.path.relpath(csv_path, os.path.dirname(path))}`",
         "",
-        "`time` is the median wall-clock time of one step; `extra` the peak resident memory "
+        "`time` is the median wall-clock time of one step, `cpu` its CPU time over all threads; `extra` the peak resident memory "
         "beyond the inputs during the steps (kernel high-water mark); `mem/input` that memory "
         "divided by the bytes of the main input (the logits); `t÷X` and `m÷X` xent's time and "
         "extra memory divided by peer X's (below 1: xent is faster / leaner).",

@@ -11,7 +11,9 @@ Method (one *job* = one case, one problem size, forward or forward+backward):
 3. It resets the kernel's high-water mark (writing ``5`` to
    ``/proc/self/clear_refs`` sets ``VmHWM`` back to the current RSS), then runs
    ``warmup`` steps (compilation, allocator warm-up) and ``reps`` timed steps.
-   Each step is timed with ``time.perf_counter`` around the blocking call.
+   Each step is timed with ``time.perf_counter`` around the blocking call;
+   the process CPU time (all threads, ``time.process_time``) is recorded too,
+   as a check that is less sensitive to other load on the machine.
 4. *Peak extra memory* = ``VmHWM - baseline``: everything the steps allocated
    at their peak beyond the inputs (gradients, temporaries, JIT code and
    allocator pools), measured by the kernel, so allocations outside Python
@@ -102,14 +104,17 @@ def measure(key: str, size: dict, backward: bool, reps: int, warmup: int) -> dic
     meter = _PeakMeter()
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu = [], []
     for _ in range(reps):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     extra = meter.extra()
     out = {
         "time_s": statistics.median(times),
+        "cpu_s": statistics.median(cpu),
         "time_min_s": min(times),
         "time_max_s": max(times),
         "extra_bytes": extra,

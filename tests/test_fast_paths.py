@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -21,11 +23,14 @@ import xent
 from xent import _fast, _fast_torch
 
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
-BACKENDS = ("numpy", "torch")
+BACKENDS = ("numpy", "torch", "jax")
 
 
 @pytest.fixture(params=["one_chunk", "tiny_chunks_threads"])
 def chunking(request, monkeypatch):
+    lib = request.node.callspec.params.get("lib")
+    if request.param == "tiny_chunks_threads" and lib == "jax":
+        pytest.skip("JAX's fast path has no chunks")
     if request.param == "tiny_chunks_threads":
         # 3 rows of 13 float32 per chunk, threads from the first element
         monkeypatch.setattr(_fast, "CHUNK_BYTES", 3 * 13 * 4)
@@ -69,6 +74,8 @@ def _to(lib, x, dtype=None):
     x = np.asarray(x)
     if lib == "numpy":
         return x.astype(dtype) if dtype and x.dtype.kind == "f" else x
+    if lib == "jax":
+        return jnp.asarray(x, dtype=dtype if dtype and x.dtype.kind == "f" else None)
     t = torch.as_tensor(x)
     if dtype and t.is_floating_point():
         t = t.to(getattr(torch, dtype))
@@ -95,10 +102,19 @@ def _run(fn, lib, z, *arrays, dtype="float64", grad=True, **kw):
         out = fn(zz, *args, **kw)
         (g,) = torch.autograd.grad(out.sum(), zz)
         return _np(out), _np(g)
+    if lib == "jax" and grad:
+        out, g = jax.value_and_grad(lambda a: fn(a, *args, **kw).sum())(zz)
+        return _np(fn(zz, *args, **kw)), _np(g)
     return _np(fn(zz, *args, **kw)), None
 
 
 def _compare(fn, lib, z, *arrays, spy, which, dtype="float64", rtol=None, atol=None, **kw):
+    if lib == "jax" and which == "sparse_loss":
+        # JAX uses the plain composition for integer labels: only the
+        # behaviour checks of the calling test apply
+        plain = _run(fn, lib, z, *arrays, dtype=dtype, **kw)
+        assert spy[which][-1] is False
+        return plain, plain
     fast = _run(fn, lib, z, *arrays, dtype=dtype, **kw)
     assert spy.get(which) and spy[which][-1], f"{which} fast path was not taken"
     with _fast.disabled():
@@ -139,7 +155,7 @@ def _options(opts, cw, sw):
     return {k: (cw if v == "cw" else sw if v == "sw" else v) for k, v in opts.items()}
 
 
-@pytest.mark.parametrize("lib", BACKENDS)
+@pytest.mark.parametrize("lib", ["numpy", "torch"])  # JAX: plain composition
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("opts", SPARSE_OPTIONS, ids=lambda o: "-".join(o) or "plain")
@@ -295,8 +311,10 @@ def test_extreme_logits_match_float64_formula(lib, chunking, spy):
     expect = lse - z[np.arange(3), t]
     for dtype in ("float64", "float32"):
         v, g = _run(xent.sparse_softmax_cross_entropy, lib, z, t, dtype=dtype, reduction="none")
-        assert spy["sparse_loss"][-1]
-        np.testing.assert_allclose(v, expect, rtol=1e-6)
+        assert spy["sparse_loss"][-1] or lib == "jax"
+        # (JAX's plain composition rounds lse near -1e4 to float32's 1e-3 spacing)
+        np.testing.assert_allclose(v, expect, rtol=1e-6 if lib != "jax" or dtype == "float64"
+                                   else 1e-3)
         if g is not None:
             p = np.exp(z - lse[:, None])
             p[np.arange(3), t] -= 1.0

@@ -7,7 +7,8 @@ returns it (with its own gradient), or None when it does not handle the
 combination, and the plain composition runs instead. Reductions stay in
 ``_reduce.py``.
 
-What the fast paths do (see ``_fast_torch.py`` and ``_fast_numpy.py``):
+What the fast paths do (see ``_fast_torch.py``, ``_fast_numpy.py`` and
+``_fast_jax.py``, which only rewrites expressions for XLA):
 
 * the rows of ``[N, C]`` logits are processed in chunks of a few rows that fit
   in the per-core cache, by as many threads as the library would use: each
@@ -117,7 +118,9 @@ def _module(be):
         from . import _fast_torch as m
     elif be.name == "numpy":
         from . import _fast_numpy as m
-    else:
+    elif be.name == "jax":
+        from . import _fast_jax as m
+    else:  # pragma: no cover - every backend has a module
         return None
     return m
 
