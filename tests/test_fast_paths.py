@@ -473,3 +473,18 @@ def test_chunk_planning_covers_every_row():
         seen.append(bool(np.all(covered == 1)))
     assert all(seen)
     assert _fast.rows_per_chunk(10**9) == 1 and _fast.rows_per_chunk(1, 4, 400) == 100
+
+
+@pytest.mark.parametrize("lib", BACKENDS)
+def test_sigmoid_infinite_logits_with_matching_labels(lib, chunking, spy):
+    z, _, y, cw, _ = _data()
+    y = (y > 0.5) * 1.0
+    z[0, :6] = [np.inf, -np.inf, np.inf, -np.inf, 2.0, -3.0]
+    y[0, :6] = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    z[5, 1], y[5, 1] = -np.inf, 0.0
+    for kw in ({}, {"pos_weight": cw}):
+        (v, g), _ = _compare(xent.sigmoid_cross_entropy, lib, z, y, spy=spy,
+                             which="sigmoid_loss", reduction="none", **kw)
+        assert np.all(v[0, :4] == 0.0) and np.all(np.isfinite(v))
+        if g is not None:
+            assert np.all(g[0, :4] == 0.0) and np.all(np.isfinite(g))

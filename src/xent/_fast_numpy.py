@@ -155,6 +155,10 @@ def dense_loss(z, y, cw, keep, s, zl):
     return loss.reshape(z.shape[:-1])
 
 
+def _safe_product(w, v):
+    return w * np.where((w == 0) & np.isinf(v), 0, v)
+
+
 def sigmoid_loss(z, y, pw, keep, s):
     if not _usable(z) or y.shape != z.shape:
         return None
@@ -191,19 +195,19 @@ def sigmoid_loss(z, y, pw, keep, s):
         lc = loss[r0:r1]
         e = np.abs(zc, out=bufs.get("e", n))
         np.negative(e, out=e)
-        np.exp(e, out=e)
+        np.exp(e, out=e)                                    # exp(-|z|)
         np.log1p(e, out=lc)
-        lc *= pos + neg
-        t = bufs.get("t", n)
-        np.maximum(zc, 0, out=t)
-        t *= neg
-        t[neg == 0] = 0
-        lc += t
-        np.minimum(zc, 0, out=t)
-        np.negative(t, out=t)
-        t *= pos
-        t[pos == 0] = 0
-        lc += t
+        lc -= np.minimum(zc, 0, out=bufs.get("t", n))       # softplus(-z)
+        if np.isfinite(zc.sum()):  # cheaper than isfinite(zc).all()
+            # pos softplus(-z) + neg softplus(z) = (pos + neg) softplus(-z) + neg z
+            if pw is not None:
+                lc *= pos + neg
+            np.multiply(neg, zc, out=e)
+            lc += e
+        else:
+            # infinite logits: each term on its own, 0 where its weight is 0
+            sp = np.log1p(e) + np.maximum(zc, 0)            # softplus(z)
+            lc[...] = _safe_product(pos, lc) + _safe_product(neg, sp)
 
     _rows(z2, cd, chunk)
     return loss.reshape(z.shape)

@@ -341,6 +341,10 @@ def dense_loss(z, y, cw, keep, s, zl):
     return _apply(z2, kernel).reshape(z.shape[:-1])
 
 
+def _safe_product(w, v):
+    return w * torch.where((w == 0) & torch.isinf(v), torch.zeros_like(v), v)
+
+
 def sigmoid_loss(z, y, pw, keep, s):
     if not _usable(z, y, pw) or y.shape != z.shape:
         return None
@@ -377,25 +381,27 @@ def sigmoid_loss(z, y, pw, keep, s):
             neg = torch.neg(pos, out=bufs.get("b", n)).add_(1.0)
             if pw is not None:
                 pos.mul_(pw)
+            lw = None if pw is None else pos + neg                     # pos + neg, 1 without
             e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
             lc = loss[r0:r1]
-            torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
-            lc.mul_(pos + neg)
-            t = bufs.get("t", n)
-            torch.clamp(zc, min=0, out=t).mul_(neg).masked_fill_(neg == 0, 0)
-            lc.add_(t)
-            torch.clamp(zc, max=0, out=t).neg_().mul_(pos).masked_fill_(pos == 0, 0)
-            lc.add_(t)
+            torch.log1p(e, out=lc)
+            lc.sub_(torch.clamp(zc, max=0, out=bufs.get("t", n)))       # softplus(-z)
+            if bool(torch.isfinite(zc.sum())):  # cheaper than isfinite(zc).all()
+                # pos softplus(-z) + neg softplus(z) = (pos + neg) softplus(-z) + neg z
+                if lw is not None:
+                    lc.mul_(lw)
+                lc.addcmul_(neg, zc)
+            else:
+                # infinite logits: each term on its own, 0 where its weight is 0
+                sp = torch.log1p(e).add_(torch.clamp(zc, min=0))        # softplus(z)
+                lc.copy_(_safe_product(pos, lc) + _safe_product(neg, sp))
             if grad is None:
                 return None
-            # sigma(z) = 1/(1+e) for z >= 0 else e/(1+e); sigma(-z) = 1 - sigma(z)
-            q = torch.add(e, 1.0).reciprocal_()                         # 1 / (1 + e)
-            r = e.mul_(q)                                               # e / (1 + e)
-            nonneg = zc >= 0
-            sig = torch.where(nonneg, q, r)
-            sig_neg = torch.where(nonneg, r, q)
-            torch.mul(neg, sig, out=w)
-            w.sub_(pos * sig_neg)
+            # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
+            torch.neg(zc, out=w).sigmoid_()
+            if lw is not None:
+                w.mul_(lw)
+            w.neg_().add_(neg)
             if kc is not None:
                 w.masked_fill_(~kc, 0)
             return None if grad.dtype == cd else w
