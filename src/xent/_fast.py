@@ -44,9 +44,9 @@ from typing import Any, Callable
 
 ENABLED = True
 
-#: Bytes of one chunk's working buffer (per thread): fits a 1 MiB L2 cache
+#: Bytes of one chunk's working buffer (per thread): about the 1 MiB L2 cache
 #: next to the rows being read.
-CHUNK_BYTES = 512 * 1024
+CHUNK_BYTES = 1024 * 1024
 #: Below this many elements a single thread does all the work.
 MIN_PARALLEL = 1 << 18
 
