@@ -76,8 +76,8 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z2, kernel):
-        loss, grad = kernel(z2, True)
-        ctx.grad = grad
+        loss, grad, scale = kernel(z2, True)
+        ctx.grad, ctx.scale = grad, scale
         return loss
 
     @staticmethod
@@ -92,14 +92,24 @@ class _Fused(torch.autograd.Function):
         ctx.grad = None
         gl = grad_loss.reshape(grad_loss.shape + (1,) * (g.dim() - grad_loss.dim()))
         if g.dtype == gl.dtype:
-            g.mul_(gl)
+            # the forward pass stored scale * dl/dz: an unweighted mean needs no
+            # further pass over the gradient
+            if ctx.scale != 1.0 and bool((grad_loss == ctx.scale).all()):
+                return g, None
+            g.mul_(gl if ctx.scale == 1.0 else gl / ctx.scale)
             return g, None
-        # 16-bit gradient: multiply in float32 a block of rows at a time (a
+        # 16-bit gradient: multiply in float32 a chunk of rows at a time (a
         # whole-tensor mixed-dtype product would make a float32 temporary)
-        step = F.rows_per_chunk(g[0].numel(), 4, 8 * F.CHUNK_BYTES)
-        for r0 in range(0, g.shape[0], step):
-            rows = g[r0:r0 + step]
-            rows.copy_(rows.to(gl.dtype).mul_(gl[r0:r0 + step]))
+        R = _chunk_rows(g)
+
+        def work(lo, hi):
+            with torch.no_grad():
+                for r0 in range(lo, hi, R):
+                    rows = g[r0:min(hi, r0 + R)]
+                    rows.copy_(rows.to(gl.dtype).mul_(gl[r0:r0 + R]))
+
+        with _threads(g) as n:
+            F.run_blocks(g.shape[0], n, work)
         return g, None
 
 
@@ -140,6 +150,21 @@ def _apply(z2: torch.Tensor, kernel) -> torch.Tensor:
     if torch.is_grad_enabled() and z2.requires_grad:
         return _Fused.apply(z2, kernel)
     return kernel(z2, False)[0]
+
+
+def _grad_prescale(grad, cd, n_elements: int) -> float:
+    """The factor the forward pass folds into the stored gradient.
+
+    The most common caller is an unweighted ``"mean"``, whose backward brings
+    exactly ``1 / n_elements`` for every element: storing the gradient
+    already multiplied by it saves a whole pass over the gradient in the
+    backward (which checks the guess and rescales when it was wrong). Only for
+    float32 / float64 gradients: a 16-bit gradient is rescaled in float32 in
+    the backward anyway, and pre-scaling could underflow it.
+    """
+    if grad is None or grad.dtype != cd or n_elements == 0:
+        return 1.0
+    return float(torch.ones((), dtype=cd) / n_elements)
 
 
 class _Buffers:
@@ -191,14 +216,12 @@ def _masked_dot(a, w, tmp, out):
     torch.sum(tmp, 1, keepdim=True, out=out)
 
 
-def _grad_scale(w, a_sum, m, S, zl):
-    """``w *= (A + 2 z_loss lse) / S`` (rows): turns ``exp(z - m)`` into ``(A + ...) p``."""
+def _grad_scale(w, a_sum, m, S, zl, g):
+    """``w *= g (A + 2 z_loss lse) / S`` (rows): turns ``exp(z - m)`` into ``g (A + ...) p``."""
     if zl != 0.0:
-        w.mul_((a_sum + 2.0 * zl * (m + torch.log(S))) / S)
-    elif isinstance(a_sum, float) and a_sum == 1.0:
-        w.div_(S)
+        w.mul_((a_sum + 2.0 * zl * (m + torch.log(S))) * g / S)
     else:
-        w.mul_(a_sum / S)
+        w.mul_((a_sum * g) / S)
 
 
 def _stats(n_rows, k, cd, device):
@@ -229,10 +252,12 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
 
     def kernel(z2, need_grad):
         grad = _empty_like(z2) if need_grad else None
+        g = _grad_prescale(grad, cd, N)
         M, S, D, SZ = _stats(N, 4 if s != 0.0 else 3, cd, z2.device) + [None] * (s == 0.0)
         if need_grad:
-            src = (-on).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
-                (N, 1), -on, dtype=cd, device=z2.device)
+            src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
+                (N, 1), -on * g, dtype=cd, device=z2.device)
+            smooth_g = None if smooth_w is None else smooth_w * g
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
@@ -251,9 +276,9 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
             torch.sum(w, 1, keepdim=True, out=Sc)
             if grad is None:
                 return None
-            _grad_scale(w, _col(a_sum, r0, r1), m, Sc, zl)
-            if smooth_w is not None:
-                w.sub_(smooth_w)
+            _grad_scale(w, _col(a_sum, r0, r1), m, Sc, zl, g)
+            if smooth_g is not None:
+                w.sub_(smooth_g)
             w.scatter_add_(1, tc, src[r0:r1])
             if kc is not None:
                 w.masked_fill_(~kc[:, None], 0)
@@ -264,7 +289,7 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
         a_dot = on * D[:, 0]
         if s != 0.0:
             a_dot = a_dot + sc * SZ[:, 0]
-        return F.row_loss(log_s, M[:, 0] + log_s, a_sum, a_dot, zl), grad
+        return F.row_loss(log_s, M[:, 0] + log_s, a_sum, a_dot, zl), grad, g
 
     return _apply(z2, kernel).reshape(z.shape[:-1])
 
@@ -306,6 +331,7 @@ def dense_loss(z, y, cw, keep, s, zl):
 
     def kernel(z2, need_grad):
         grad = _empty_like(z2) if need_grad else None
+        g = _grad_prescale(grad, cd, N)
         M, S, A, D = _stats(N, 4, cd, z2.device)
 
         def chunk(r0, r1, w, bufs):
@@ -328,15 +354,15 @@ def dense_loss(z, y, cw, keep, s, zl):
             torch.sum(w, 1, keepdim=True, out=Sc)
             if grad is None:
                 return None
-            _grad_scale(w, Ac, m, Sc, zl)
-            w.sub_(a)
+            _grad_scale(w, Ac, m, Sc, zl, g)
+            w.sub_(a, alpha=g)
             if kc is not None:
                 w.masked_fill_(~kc[:, None], 0)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
         log_s = torch.log(S[:, 0])
-        return F.row_loss(log_s, M[:, 0] + log_s, A[:, 0], D[:, 0], zl), grad
+        return F.row_loss(log_s, M[:, 0] + log_s, A[:, 0], D[:, 0], zl), grad, g
 
     return _apply(z2, kernel).reshape(z.shape[:-1])
 
@@ -361,6 +387,7 @@ def sigmoid_loss(z, y, pw, keep, s):
         N = z2.shape[0]
         loss = _empty_like(z2, dtype=cd)
         grad = _empty_like(z2) if need_grad else None
+        g = _grad_prescale(grad, cd, z2.numel())
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
@@ -401,12 +428,12 @@ def sigmoid_loss(z, y, pw, keep, s):
             torch.neg(zc, out=w).sigmoid_()
             if lw is not None:
                 w.mul_(lw)
-            w.neg_().add_(neg)
+            w.mul_(-g).add_(neg, alpha=g)                               # g (neg - lw sigmoid(-z))
             if kc is not None:
                 w.masked_fill_(~kc, 0)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return loss, grad
+        return loss, grad, g
 
     return _apply(z2, kernel).reshape(z.shape)
