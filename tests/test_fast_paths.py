@@ -213,7 +213,7 @@ def test_sigmoid_fast_matches_plain(lib, dtype, reduction, opts, chunking, spy):
              dtype=dtype, reduction=reduction, **kw)
 
 
-@pytest.mark.parametrize("lib", BACKENDS)
+@pytest.mark.parametrize("lib", ["numpy", "torch"])  # chunk boundaries: JAX has none
 @pytest.mark.parametrize("shape", [(1, 1), (2, 1), (1, 7), (5, 3, 11), (7,)])
 def test_odd_shapes(lib, shape, chunking, spy):
     rng = np.random.default_rng(2)
