@@ -23,7 +23,8 @@ import sys
 import time
 
 from .registry import load_all
-from .report import RESULTS_DIR, write_csv, write_markdown, write_plot, format_tables
+from .report import (RESULTS_DIR, format_tables, read_csv, write_csv, write_markdown,
+                     write_plot)
 from .runner import machine, run_job, versions
 
 
@@ -51,6 +52,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-markdown", action="store_true",
                    help="do not rewrite benchmarks/RESULTS.md")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--from-csv", nargs="+", metavar="CSV", default=None,
+                   help="run nothing: rebuild the tables, plot and RESULTS.md from saved CSVs "
+                        "(e.g. the headline run plus a sweep)")
     return p.parse_args(argv)
 
 
@@ -88,8 +92,26 @@ def _jobs(cases, size_key, mode, explicit=()):
     return jobs
 
 
+def _from_csv(args, argv) -> int:
+    rows, info = read_csv(args.from_csv)
+    print(format_tables(rows))
+    if not args.no_plot:
+        png = os.path.splitext(args.from_csv[-1])[0] + "-combined.png"
+        if write_plot(png, rows):
+            print(f"plot: {png}")
+    if not args.no_markdown:
+        cmds = "; ".join(f"from {os.path.basename(p)}" for p in args.from_csv)
+        md = write_markdown(rows, info, info.get("size_key", "?"), info.get("reps", 0),
+                            ["--from-csv"] + [os.path.relpath(p) for p in args.from_csv],
+                            list(args.from_csv))
+        print(f"summary: {md} ({cmds})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.from_csv:
+        return _from_csv(args, argv)
     cases = _selected(load_all(), args)
     size_key = "custom" if args.size else args.sizes or ("quick" if args.quick else "full")
     if args.list:

@@ -122,6 +122,44 @@ def write_csv(path: str, rows: list[dict], info: dict, size_key: str, reps: int,
             })
 
 
+class _Saved:
+    """The parts of a registry Case that a saved CSV row remembers."""
+
+    def __init__(self, group: str, impl: str, peer: bool, note: str) -> None:
+        self.group, self.impl, self.peer, self.note = group, impl, peer, note
+
+
+def read_csv(paths: list[str]) -> tuple[list[dict], dict]:
+    """Rows (and the first row's machine info) back from CSVs written by :func:`write_csv`."""
+    rows, info = [], None
+    for path in paths:
+        with open(path, newline="") as f:
+            for rec in csv.DictReader(f):
+                size = {}
+                for part in rec["size"].split():
+                    k, _, v = part.partition("=")
+                    size[k] = int(v) if v.lstrip("-").isdigit() else v
+                row = {"case": _Saved(rec["group"], rec["impl"], rec["peer"] == "1", rec["note"]),
+                       "size": size, "backward": rec["mode"] == "fwd+bwd"}
+                for k in ("time_s", "cpu_s", "time_min_s", "time_max_s", "mem_ratio"):
+                    if rec.get(k):
+                        row[k] = float(rec[k])
+                for k in ("extra_bytes", "input_bytes"):
+                    if rec.get(k):
+                        row[k] = int(float(rec[k]))
+                if rec.get("error"):
+                    row["error"] = rec["error"]
+                if rec.get("mem_method"):
+                    row["mem_method"] = rec["mem_method"]
+                rows.append(row)
+                if info is None:
+                    vers = dict(x.split("=", 1) for x in rec["versions"].split(";") if "=" in x)
+                    info = {"machine": rec["machine"], "versions": vers,
+                            "timestamp": rec["timestamp"], "reps": int(rec["reps"] or 0),
+                            "size_key": rec["size_key"]}
+    return rows, info or {}
+
+
 def _x(r: dict) -> float:
     if r.get("input_bytes"):
         return r["input_bytes"] / 2**20
@@ -184,7 +222,8 @@ def write_markdown(rows: list[dict], info: dict, size_key: str, reps: int, argv:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         f"- run: {info['timestamp']}, sizes `{size_key}`, median of {reps} runs after warm-up",
         f"- reproduce: `python -m benchmarks {' '.join(argv)}`".rstrip() + "",
-        f"- raw data: `{os.path.relpath(csv_path, os.path.dirname(path))}`",
+        "- raw data: " + ", ".join(f"`{os.path.relpath(c, os.path.dirname(path))}`"
+                                   for c in ([csv_path] if isinstance(csv_path, str) else csv_path)),
         "",
         "`time` is the median wall-clock time of one step, `cpu` its CPU time over all threads; `extra` the peak resident memory "
         "beyond the inputs during the steps (kernel high-water mark); `mem/input` that memory "

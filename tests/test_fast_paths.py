@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import xent
+from conftest import ADAPTERS
 from xent import _fast, _fast_torch
 
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
@@ -72,23 +73,12 @@ def _to(lib, x, dtype=None):
     if x is None or isinstance(x, (int, float)):
         return x
     x = np.asarray(x)
-    if lib == "numpy":
-        return x.astype(dtype) if dtype and x.dtype.kind == "f" else x
-    if lib == "jax":
-        return jnp.asarray(x, dtype=dtype if dtype and x.dtype.kind == "f" else None)
-    t = torch.as_tensor(x)
-    if dtype and t.is_floating_point():
-        t = t.to(getattr(torch, dtype))
-    return t
+    return ADAPTERS[lib].asarray(x, dtype if dtype and x.dtype.kind == "f" else None)
 
 
 def _np(x):
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
+    lib = "torch" if isinstance(x, torch.Tensor) else "jax" if isinstance(x, jax.Array) else "numpy"
+    return ADAPTERS[lib].to_numpy(x)
 
 
 def _run(fn, lib, z, *arrays, dtype="float64", grad=True, **kw):
@@ -138,6 +128,18 @@ def _data(n=37, c=13, seed=0):
     return z, t, y, cw, sw
 
 
+def _grid(libs, options):
+    """Every backend x dtype x reduction x option set."""
+    def deco(f):
+        for name, values, ids in (("opts", options, lambda o: "-".join(o) or "plain"),
+                                  ("reduction", REDUCTIONS, None),
+                                  ("dtype", ["float64", "float32"], None),
+                                  ("lib", libs, None)):
+            f = pytest.mark.parametrize(name, values, ids=ids)(f)
+        return f
+    return deco
+
+
 SPARSE_OPTIONS = [
     {},
     {"class_weight": "cw"},
@@ -155,10 +157,7 @@ def _options(opts, cw, sw):
     return {k: (cw if v == "cw" else sw if v == "sw" else v) for k, v in opts.items()}
 
 
-@pytest.mark.parametrize("lib", ["numpy", "torch"])  # JAX: plain composition
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("opts", SPARSE_OPTIONS, ids=lambda o: "-".join(o) or "plain")
+@_grid(["numpy", "torch"], SPARSE_OPTIONS)  # JAX: plain composition
 def test_sparse_fast_matches_plain(lib, dtype, reduction, opts, chunking, spy):
     z, t, _, cw, sw = _data()
     if "ignore_index" in opts:
@@ -178,10 +177,7 @@ DENSE_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("lib", BACKENDS)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("opts", DENSE_OPTIONS, ids=lambda o: "-".join(o) or "plain")
+@_grid(BACKENDS, DENSE_OPTIONS)
 def test_dense_fast_matches_plain(lib, dtype, reduction, opts, chunking, spy):
     z, _, y, cw, sw = _data()
     y[3] = 0.0  # an all-zero label row
@@ -199,10 +195,7 @@ SIGMOID_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("lib", BACKENDS)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("opts", SIGMOID_OPTIONS, ids=lambda o: "-".join(o) or "plain")
+@_grid(BACKENDS, SIGMOID_OPTIONS)
 def test_sigmoid_fast_matches_plain(lib, dtype, reduction, opts, chunking, spy):
     z, _, y, cw, sw = _data()
     y = np.where(y < 0.3, 1.0, np.where(y > 0.8, y, 0.0))  # hard and soft labels
