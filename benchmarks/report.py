@@ -130,7 +130,11 @@ class _Saved:
 
 
 def read_csv(paths: list[str]) -> tuple[list[dict], dict]:
-    """Rows (and the first row's machine info) back from CSVs written by :func:`write_csv`."""
+    """Rows (and the first row's machine info) back from CSVs written by :func:`write_csv`.
+
+    Where several CSVs hold the same job (group, impl, size, mode), the last
+    one given wins, so a re-measured row replaces the old one.
+    """
     rows, info = [], None
     for path in paths:
         with open(path, newline="") as f:
@@ -157,12 +161,15 @@ def read_csv(paths: list[str]) -> tuple[list[dict], dict]:
                     info = {"machine": rec["machine"], "versions": vers,
                             "timestamp": rec["timestamp"], "reps": int(rec["reps"] or 0),
                             "size_key": rec["size_key"]}
-    return rows, info or {}
+    # a later CSV's measurement of the same job replaces an earlier one
+    latest: OrderedDict[tuple, dict] = OrderedDict()
+    for r in rows:
+        latest[(r["case"].group, r["case"].impl, size_label(r["size"]), r["backward"])] = r
+    return list(latest.values()), info or {}
 
 
 def _x(r: dict) -> float:
-    if r.get("input_bytes"):
-        return r["input_bytes"] / 2**20
+    """Problem size: the product of the size's numbers (elements of the logits)."""
     v = 1
     for x in r["size"].values():
         if isinstance(x, (int, float)):
@@ -187,15 +194,17 @@ def write_plot(path: str, rows: list[dict]) -> bool:
         for r in good:
             if r["case"].group == g:
                 series.setdefault((r["case"].impl, r["backward"], r["case"].peer), []).append(r)
-        for (impl, bwd, peer), rs in series.items():
+        colors = plt.get_cmap("tab20").colors
+        for si, ((impl, bwd, peer), rs) in enumerate(series.items()):
             rs = sorted(rs, key=_x)
             xs = [_x(r) for r in rs]
-            style = dict(marker="o" if bwd else "s", linestyle="-" if bwd else ":",
+            style = dict(color=colors[si % len(colors)], marker="o" if bwd else "s",
+                         linestyle="-" if bwd else ":",
                          linewidth=2.2 if not peer else 1.2, alpha=1.0 if not peer else 0.8)
             label = f"{impl} ({mode_label(bwd)})"
             axes[gi, 0].plot(xs, [r["time_s"] * 1e3 for r in rs], label=label, **style)
             axes[gi, 1].plot(xs, [r["extra_bytes"] / 2**20 for r in rs], label=label, **style)
-        xlabel = "main input (MiB)" if any(r.get("input_bytes") for r in good) else "problem size"
+        xlabel = "problem size (" + " x ".join(good[0]["size"]) + ")"
         for j, (yl, title) in enumerate((("median time (ms)", "time"),
                                          ("peak extra memory (MiB)", "memory"))):
             ax = axes[gi, j]
