@@ -230,7 +230,10 @@ def write_markdown(rows: list[dict], info: dict, size_key: str, reps: int, argv:
         f"- machine: {info['machine']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
         f"- run: {info['timestamp']}, sizes `{size_key}`, median of {reps} runs after warm-up",
-        f"- reproduce: `python -m benchmarks {' '.join(argv)}`".rstrip() + "",
+        (f"- reproduce: `python -m benchmarks --sizes {size_key}` (every case; these tables were "
+         f"rebuilt from the CSVs below with `python -m benchmarks {' '.join(argv)}`)"
+         if argv[:1] == ["--from-csv"] else
+         f"- reproduce: `python -m benchmarks {' '.join(argv)}`".rstrip()),
         "- raw data: " + ", ".join(f"`{os.path.relpath(c, os.path.dirname(path))}`"
                                    for c in ([csv_path] if isinstance(csv_path, str) else csv_path)),
         "",
