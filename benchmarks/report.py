@@ -58,9 +58,10 @@ def _ratio(a: dict, b: dict, key: str) -> str:
 def short(impl: str) -> str:
     """A column label for a peer: its library, plus the dtype when not float32."""
     lib = impl.split()[0].split(".")[0]
-    for long, tag in (("bfloat16", "bf16"), ("float16", "fp16")):
-        if long in impl:
-            lib += " " + tag
+    if "bfloat16" in impl:
+        lib += " bf16"
+    elif "float16" in impl:
+        lib += " fp16"
     return lib
 
 
