@@ -332,3 +332,18 @@ def test_torch_result_on_input_device_and_dtype(dtype):
                                                pos_weight=[2.0] * 4),
                     xent.log_loss(torch.sigmoid(z), torch.rand(3, 4, device=device))):
             assert out.device == z.device and out.dtype == z.dtype
+
+
+def test_confident_sigmoid_losses_keep_their_digits_in_float32(be, rng):
+    """Regression: the fused sigmoid form ``(1 - y) z + softplus(-z)`` cancels for
+    z << 0 with y = 0 (and the loss of 3e-7 came out as 0 or 1e-6); every entry
+    must keep float32's relative precision."""
+    z = -rng.uniform(8.0, 16.0, size=(64, 512))
+    z[:, ::2] *= -1.0                       # half confident positives, half negatives
+    y = (z > 0).astype(np.float64)
+    want = np.log1p(np.exp(-np.abs(z)))     # the exact loss of a correct confident prediction
+    for pos_weight in (None, 2.0):
+        got = xent.sigmoid_cross_entropy(be.asarray(z, "float32"), be.asarray(y),
+                                         pos_weight=pos_weight, reduction="none")
+        w = np.where(y == 1, 1.0 if pos_weight is None else pos_weight, 1.0)
+        np.testing.assert_allclose(be.to_numpy(got), w * want, rtol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _fast
 from . import _reduce as R
 from . import _validate as V
 
@@ -118,7 +119,6 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     xp = be.xp
     shape = V.shape_of(logits)
     cdt = be.compute_dtype(logits.dtype)
-    z = be.astype(logits, cdt)
     y = _labels(be, labels, logits, shape, cdt)
     pw = None
     if pos_weight is not None:
@@ -127,6 +127,15 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
         pw = be.astype(pw, cdt)
     sw = R.sample_weights(be, sample_weight, logits, shape, cdt)
     keep = R.keep_mask(be, sw, None)
+    loss = _fast.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
+    if loss is None:
+        loss = _sigmoid_loss(be, be.astype(logits, cdt), y, pw, keep, s, gamma)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype)
+
+
+def _sigmoid_loss(be, z, y, pw, keep, s, gamma):
+    """The plain composition of the per-entry loss."""
+    xp = be.xp
     if keep is not None:
         z = xp.where(keep, z, xp.zeros_like(z))
         y = xp.where(keep, y, xp.zeros_like(y))
@@ -137,7 +146,7 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     if gamma != 0.0:
         # 1 - p_t = y' (1 - σ(z)) + (1 - y') σ(z), with 1 - σ(z) = σ(-z) exactly
         loss = loss * be.pow(y * be.sigmoid(-z) + (1.0 - y) * be.sigmoid(z), gamma)
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype)
+    return loss
 
 
 def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,

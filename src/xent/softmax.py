@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _fast
 from . import _reduce as R
 from . import _validate as V
 from ._backend import Backend
@@ -33,14 +34,15 @@ def _class_weight(be: Backend, class_weight: Any, like: Any, num_classes: int, d
 
 
 def _prepare(be: Backend, logits: Any, axis: int, sample_weight: Any, valid: Any):
-    """Common set-up: class axis last, compute dtype, sample weights, keep mask."""
+    """Common set-up: class axis last (in the logits' dtype), and the compute dtype."""
     ax = V.axis(axis, len(V.shape_of(logits)))
     shape = V.shape_of(logits)
     if shape[ax] == 0:
         raise ValueError(f"logits must have at least one class along axis {axis}, got shape {shape}")
     z = be.moveaxis(logits, ax, -1) if ax != len(shape) - 1 else logits
+    # z keeps the logits' dtype: the fast paths convert chunk by chunk, the
+    # plain composition converts to ``cdt`` itself
     cdt = be.compute_dtype(logits.dtype)
-    z = be.astype(z, cdt)
     return ax, z, cdt
 
 
@@ -183,6 +185,24 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
     sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
     cw = _class_weight(be, class_weight, like, C, cdt)
     keep = R.keep_mask(be, sw, None)
+    loss = _fast.dense_loss(be, z, y, cw, keep, s, gamma, zl)
+    if loss is None:
+        loss = _dense_loss(be, be.astype(z, cdt), y, cw, keep, s, gamma, zl)
+    norm = None
+    if cw is not None:
+        # n_i = sw_i * sum_c cw_c y_ic, with the labels of zero-weight rows masked
+        # out first (NaN padding there must not reach the denominator)
+        yn = y if keep is None else xp.where(keep[..., None], y, xp.zeros_like(y))
+        norm = xp.sum(yn * cw, axis=-1)
+        if sw is not None:
+            norm = norm * sw
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype)
+
+
+def _dense_loss(be, z, y, cw, keep, s, gamma, zl):
+    """The plain composition of the per-element loss (probability labels)."""
+    xp = be.xp
+    C = V.shape_of(z)[-1]
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
         y = xp.where(keep[..., None], y, xp.zeros_like(y))
@@ -195,12 +215,7 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
     loss = xp.sum(w * -_masked_logp(be, logp, w), axis=-1)  # +0.0, not -0.0, for empty rows
     if zl != 0.0:
         loss = loss + zl * (lse_s + m)[..., 0] ** 2
-    norm = None
-    if cw is not None:
-        norm = xp.sum(y * cw, axis=-1)
-        if sw is not None:
-            norm = norm * sw
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype)
+    return loss
 
 
 def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
@@ -279,14 +294,28 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
     t, sw, valid = R.ignore_and_weight(be, t, ignore, sample_weight, like, elem_shape, cdt)
     cw = _class_weight(be, class_weight, like, C, cdt)
     keep = R.keep_mask(be, sw, valid)
-    if keep is not None:
-        z = xp.where(keep[..., None], z, xp.zeros_like(z))
     t = be.astype(t, _index_dtype(be))
-    zs, lse_s, m = _log_normalizer(be, z)
-    logp_t = (be.take_along_axis(zs, t[..., None], axis=-1) - lse_s)[..., 0]
     w_t = None if cw is None else be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0)
     if w_t is not None:
         w_t = xp.reshape(w_t, elem_shape)
+    loss = _fast.sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl)
+    if loss is None:
+        loss = _sparse_loss(be, be.astype(z, cdt), t, w_t, cw, keep, s, gamma, zl)
+    norm = None
+    if w_t is not None:
+        norm = w_t if sw is None else w_t * sw
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, valid=valid,
+                    out_dtype=out_dtype)
+
+
+def _sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl):
+    """The plain composition of the per-element loss (integer labels)."""
+    xp = be.xp
+    C = V.shape_of(z)[-1]
+    if keep is not None:
+        z = xp.where(keep[..., None], z, xp.zeros_like(z))
+    zs, lse_s, m = _log_normalizer(be, z)
+    logp_t = (be.take_along_axis(zs, t[..., None], axis=-1) - lse_s)[..., 0]
     nll = -logp_t
     if gamma != 0.0:
         nll = nll * be.pow(-xp.expm1(logp_t), gamma)
@@ -301,11 +330,7 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
         loss = loss - (s / C) * xp.sum(wc * _masked_logp(be, logp, wc), axis=-1)
     if zl != 0.0:
         loss = loss + zl * (lse_s + m)[..., 0] ** 2
-    norm = None
-    if w_t is not None:
-        norm = w_t if sw is None else w_t * sw
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, valid=valid,
-                    out_dtype=out_dtype)
+    return loss
 
 
 def _index_dtype(be: Backend) -> Any:

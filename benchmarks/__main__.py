@@ -1,0 +1,156 @@
+"""``python -m benchmarks``: xent and its peers side by side, time and peak memory.
+
+Examples::
+
+    python -m benchmarks --quick                      # about a minute
+    python -m benchmarks                              # the "full" sizes (headline)
+    python -m benchmarks --sizes sweep --group dense_sparse
+    python -m benchmarks --impl torch --impl optax --reps 5
+    python -m benchmarks --list
+
+Every job runs in a fresh process (see :mod:`benchmarks.runner` for the
+measurement method). Results go to the terminal (a table per problem with
+ratios of xent against each peer), to ``benchmarks/results/<stamp>.csv`` (with
+machine, versions and a UTC timestamp on every row), to a PNG plot of time and
+memory against problem size, and to ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .registry import load_all
+from .report import (RESULTS_DIR, format_tables, read_csv, write_csv, write_markdown,
+                     write_plot)
+from .runner import machine, run_job, versions
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, 1 warm-up and 3 reps: finishes in about a minute")
+    p.add_argument("--sizes", default=None,
+                   help="which size list of each case to run: quick, full, sweep "
+                        "(default: full, or quick with --quick)")
+    p.add_argument("--size", action="append", default=[], metavar="K=V,K=V",
+                   help="run this problem size instead of the case's lists, e.g. "
+                        "--size n=2048,c=32768 (repeatable)")
+    p.add_argument("--group", action="append", default=[],
+                   help="run only groups containing this substring (repeatable)")
+    p.add_argument("--impl", action="append", default=[],
+                   help="run only implementations containing this substring (repeatable)")
+    p.add_argument("--mode", choices=("forward", "backward", "both"), default="both",
+                   help="forward only, forward+backward only, or both (default)")
+    p.add_argument("--reps", type=int, default=None, help="timed runs per job (median)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
+    p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<stamp>.csv)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    p.add_argument("--no-markdown", action="store_true",
+                   help="do not rewrite benchmarks/RESULTS.md")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--from-csv", nargs="+", metavar="CSV", default=None,
+                   help="run nothing: rebuild the tables, plot and RESULTS.md from saved CSVs "
+                        "(e.g. the headline run plus a sweep)")
+    return p.parse_args(argv)
+
+
+def _selected(cases, args):
+    out = []
+    for c in cases:
+        if args.group and not any(g in c.group for g in args.group):
+            continue
+        if args.impl and not any(s in c.impl for s in args.impl):
+            continue
+        out.append(c)
+    return out
+
+
+def _parse_size(text: str) -> dict:
+    out = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        try:
+            out[k.strip()] = int(v)
+        except ValueError:
+            out[k.strip()] = float(v) if v.replace(".", "", 1).isdigit() else v
+    return out
+
+
+def _jobs(cases, size_key, mode, explicit=()):
+    jobs = []
+    for c in cases:
+        sizes = list(explicit) or c.sizes.get(size_key) or []
+        for size in sizes:
+            for bwd in c.backward:
+                if (mode == "forward" and bwd) or (mode == "backward" and not bwd):
+                    continue
+                jobs.append((c, size, bwd))
+    return jobs
+
+
+def _from_csv(args, argv) -> int:
+    rows, info = read_csv(args.from_csv)
+    print(format_tables(rows))
+    if not args.no_plot:
+        png = os.path.splitext(args.from_csv[-1])[0] + "-combined.png"
+        if write_plot(png, rows):
+            print(f"plot: {png}")
+    if not args.no_markdown:
+        cmds = "; ".join(f"from {os.path.basename(p)}" for p in args.from_csv)
+        md = write_markdown(rows, info, info.get("size_key", "?"), info.get("reps", 0),
+                            ["--from-csv"] + [os.path.relpath(p) for p in args.from_csv],
+                            list(args.from_csv))
+        print(f"summary: {md} ({cmds})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.from_csv:
+        return _from_csv(args, argv)
+    cases = _selected(load_all(), args)
+    size_key = "custom" if args.size else args.sizes or ("quick" if args.quick else "full")
+    if args.list:
+        for c in cases:
+            kinds = ", ".join(f"{k}: {len(v)}" for k, v in c.sizes.items())
+            print(f"{c.key:60s} {'peer' if c.peer else 'xent':5s} sizes({kinds})")
+        return 0
+    reps = args.reps or (3 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else 1
+    jobs = _jobs(cases, size_key, args.mode, [_parse_size(x) for x in args.size])
+    if not jobs:
+        print(f"no jobs: no selected case has sizes for {size_key!r}", file=sys.stderr)
+        return 2
+    info = {"machine": machine(), "versions": versions(),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    from tqdm import tqdm
+
+    rows = []
+    bar = tqdm(jobs, unit="job", file=sys.stderr, dynamic_ncols=True)
+    for c, size, bwd in bar:
+        bar.set_description(f"{c.impl[:28]:28s} {'fwd+bwd' if bwd else 'fwd':7s}")
+        res = run_job(c.key, size, bwd, reps, warmup, timeout=args.timeout)
+        rows.append({"case": c, "size": size, "backward": bwd, **res})
+    print(format_tables(rows))
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    stamp = info["timestamp"].replace(":", "").replace("-", "")
+    csv_path = args.out or os.path.join(RESULTS_DIR, f"{stamp}-{size_key}.csv")
+    write_csv(csv_path, rows, info, size_key, reps, warmup)
+    print(f"\nCSV: {csv_path}")
+    if not args.no_plot:
+        png = os.path.splitext(csv_path)[0] + ".png"
+        if write_plot(png, rows):
+            print(f"plot: {png}")
+    if not args.no_markdown:
+        md = write_markdown(rows, info, size_key, reps, argv if argv is not None else sys.argv[1:],
+                            csv_path)
+        print(f"summary: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

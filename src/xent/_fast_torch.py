@@ -1,0 +1,444 @@
+"""torch fast paths for the dense losses (method and formulas: ``_fast.py``).
+
+One private ``torch.autograd.Function`` carries every loss: its forward runs a
+*kernel* that returns the per-element loss and, when a gradient is needed, the
+gradient ``dl/dz`` of every element's own loss, computed chunk by chunk in the
+same pass that computes the loss. The backward scales that buffer in place by
+the incoming gradient and hands it back, so the whole training step holds one
+logits-sized buffer and a few cache-sized chunks.
+
+Threads (CPU only): the row blocks run in Python threads while torch's own
+intra-op pool is set to one thread (it is restored afterwards); small chunks
+are cheaper that way than waking the pool for every operator. A lock makes
+concurrent calls from several user threads run one at a time through this
+section rather than fight over the setting.
+
+Falls back (returns None) when: the logits are not contiguous with classes
+last, empty, under a ``torch.func`` transform, or when a gradient would be
+needed for an argument this path does not differentiate (class weights,
+probability labels, ``pos_weight``).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import _fast as F
+
+_LOCK = threading.Lock()
+_INF = float("inf")
+_GPU_CHUNK_BYTES = 1 << 28
+
+
+@contextmanager
+def _threads(z: torch.Tensor):
+    """How many Python threads to use for ``z``; torch's pool is 1 meanwhile."""
+    if z.device.type != "cpu" or z.numel() < F.MIN_PARALLEL:
+        yield 1
+        return
+    n = torch.get_num_threads()
+    if n <= 1 or not _LOCK.acquire(blocking=False):
+        yield 1
+        return
+    try:
+        torch.set_num_threads(1)
+        yield n
+    finally:
+        torch.set_num_threads(n)
+        _LOCK.release()
+
+
+def _chunk_rows(z2: torch.Tensor) -> int:
+    nbytes = F.CHUNK_BYTES if z2.device.type == "cpu" else _GPU_CHUNK_BYTES
+    return F.rows_per_chunk(z2.shape[1], 4, nbytes)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _usable(z: torch.Tensor, *others) -> bool:
+    functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if functorch is not None and functorch():
+        return False
+    if z.dim() == 0 or z.numel() == 0 or not z.is_contiguous():
+        return False
+    grad = torch.is_grad_enabled()
+    return not any(o is not None and grad and o.requires_grad for o in others)
+
+
+class _Fused(torch.autograd.Function):
+    """Loss from ``kernel(z2, True)``; the gradient buffer it returns is the backward."""
+
+    @staticmethod
+    def forward(ctx, z2, kernel):
+        loss, grad, scale = kernel(z2, True)
+        ctx.grad, ctx.scale = grad, scale
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        g = ctx.grad
+        if g is None:
+            raise RuntimeError(
+                "xent's fused loss was differentiated twice; its gradient buffer is reused "
+                "in place (call backward once, or disable the fast path with "
+                "xent._fast.disabled())")
+        ctx.grad = None
+        gl = grad_loss.reshape(grad_loss.shape + (1,) * (g.dim() - grad_loss.dim()))
+        if g.dtype == gl.dtype:
+            # the forward pass stored scale * dl/dz: an unweighted mean needs no
+            # further pass over the gradient
+            if ctx.scale != 1.0 and bool((grad_loss == ctx.scale).all()):
+                return g, None
+            g.mul_(gl if ctx.scale == 1.0 else gl / ctx.scale)
+            return g, None
+        # 16-bit gradient: multiply in float32 a chunk of rows at a time (a
+        # whole-tensor mixed-dtype product would make a float32 temporary)
+        R = _chunk_rows(g)
+
+        def work(lo, hi):
+            with torch.no_grad():
+                for r0 in range(lo, hi, R):
+                    rows = g[r0:min(hi, r0 + R)]
+                    rows.copy_(rows.to(gl.dtype).mul_(gl[r0:r0 + R]))
+
+        with _threads(g) as n:
+            F.run_blocks(g.shape[0], n, work)
+        return g, None
+
+
+_HUGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise = None
+
+
+def _empty_like(z: torch.Tensor, dtype=None) -> torch.Tensor:
+    """A new buffer of ``z``'s shape, backed by huge pages where Linux allows.
+
+    A fresh logits-sized buffer is mostly page faults on its first write (one
+    per 4 KiB); asking for transparent huge pages (``madvise(MADV_HUGEPAGE)``,
+    honoured when THP is in "madvise" or "always" mode) makes that 512 times
+    fewer. Anywhere else this is a plain ``torch.empty_like``.
+    """
+    out = torch.empty_like(z, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type == "cpu" and nbytes >= 4 * _HUGE:
+        global _madvise
+        try:
+            if _madvise is None:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                _madvise = libc.madvise
+            p = out.data_ptr()
+            lo, hi = -(-p // _HUGE) * _HUGE, (p + nbytes) // _HUGE * _HUGE
+            if _madvise:
+                _madvise(lo, hi - lo, _MADV_HUGEPAGE)
+        except (OSError, AttributeError):  # pragma: no cover - not Linux / no libc
+            _madvise = False
+    return out
+
+
+def _apply(z2: torch.Tensor, kernel) -> torch.Tensor:
+    if torch.is_grad_enabled() and z2.requires_grad:
+        return _Fused.apply(z2, kernel)
+    return kernel(z2, False)[0]
+
+
+def _grad_prescale(grad, cd, n_elements: int) -> float:
+    """The factor the forward pass folds into the stored gradient.
+
+    The most common caller is an unweighted ``"mean"``, whose backward brings
+    exactly ``1 / n_elements`` for every element: storing the gradient
+    already multiplied by it saves a whole pass over the gradient in the
+    backward (which checks the guess and rescales when it was wrong). Only for
+    float32 / float64 gradients: a 16-bit gradient is rescaled in float32 in
+    the backward anyway, and pre-scaling could underflow it.
+    """
+    if grad is None or grad.dtype != cd or n_elements == 0:
+        return 1.0
+    return float(torch.ones((), dtype=cd) / n_elements)
+
+
+class _Buffers:
+    """Per-thread scratch chunks, allocated on first use."""
+
+    def __init__(self, rows: int, cols: int, dtype, device) -> None:
+        self.shape, self.dtype, self.device = (rows, cols), dtype, device
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, n: int) -> torch.Tensor:
+        b = self._bufs.get(name)
+        if b is None:
+            b = self._bufs[name] = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return b[:n]
+
+
+def _load(zc, kc, bufs, n, cd):
+    """The chunk in the compute dtype, zeroed on dropped rows (a private copy if needed)."""
+    if zc.dtype == cd and kc is None:
+        return zc
+    x = bufs.get("x", n)
+    x.copy_(zc)
+    if kc is not None:
+        x.masked_fill_(~kc[:, None], 0)
+    return x
+
+
+def _work_buffer(grad, r0, r1, bufs, n, cd):
+    if grad is not None and grad.dtype == cd:
+        return grad[r0:r1]
+    return bufs.get("w", n)
+
+
+def _shift(zc, w, m):
+    """``w = z - m`` with ``m`` (a ``[n, 1]`` slice) the row maximum, 0 where not finite."""
+    torch.amax(zc, 1, keepdim=True, out=m)
+    m.nan_to_num_(0.0, 0.0, 0.0)
+    torch.sub(zc, m, out=w)
+
+
+def _masked_dot(a, w, tmp, out):
+    """``sum_c a_c w_c`` per row into ``out``, with ``0 * -inf`` counted as 0.
+
+    (A NaN product is set to 0 too: it can only come from a NaN logit or
+    label of the row, which makes ``S`` or ``A`` and so the loss NaN anyway.)
+    """
+    torch.mul(a, w, out=tmp)
+    tmp.nan_to_num_(0.0, _INF, -_INF)
+    torch.sum(tmp, 1, keepdim=True, out=out)
+
+
+def _grad_scale(w, a_sum, m, S, zl, g):
+    """``w *= g (A + 2 z_loss lse) / S`` (rows): turns ``exp(z - m)`` into ``g (A + ...) p``."""
+    if zl != 0.0:
+        w.mul_((a_sum + 2.0 * zl * (m + torch.log(S))) * g / S)
+    else:
+        w.mul_((a_sum * g) / S)
+
+
+def _stats(n_rows, k, cd, device):
+    """``k`` per-row statistics, each an ``[N, 1]`` column that chunks fill."""
+    return list(torch.empty((k, n_rows, 1), dtype=cd, device=device).unbind(0))
+
+
+def _col(x, r0, r1):
+    """Rows ``r0:r1`` of a per-row vector as a column (or a float as it is)."""
+    return x if isinstance(x, float) else x[r0:r1, None]
+
+
+def sparse_loss(z, t, w_t, cw, keep, s, zl):
+    if not _usable(z, cw, w_t):
+        return None
+    C = z.shape[-1]
+    z2 = z.reshape(-1, C)
+    N = z2.shape[0]
+    t2 = t.reshape(-1, 1)
+    wt1 = None if w_t is None else w_t.reshape(-1)
+    k1 = None if keep is None else keep.reshape(-1)
+    cd = _compute_dtype(z.dtype)
+    w_total = C if cw is None else cw.sum()
+    sc = s / C
+    smooth_w = None if s == 0.0 else (sc if cw is None else sc * cw)
+    a_sum, on = F.sparse_coefficients(wt1, s, C, w_total)
+    a_sum = a_sum if isinstance(a_sum, float) else a_sum.to(cd)
+
+    def kernel(z2, need_grad):
+        grad = _empty_like(z2) if need_grad else None
+        g = _grad_prescale(grad, cd, N)
+        M, S, D, SZ = _stats(N, 4 if s != 0.0 else 3, cd, z2.device) + [None] * (s == 0.0)
+        if need_grad:
+            src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
+                (N, 1), -on * g, dtype=cd, device=z2.device)
+            smooth_g = None if smooth_w is None else smooth_w * g
+
+        def chunk(r0, r1, w, bufs):
+            n = r1 - r0
+            kc = None if k1 is None else k1[r0:r1]
+            zc = _load(z2[r0:r1], kc, bufs, n, cd)
+            m, tc = M[r0:r1], t2[r0:r1]
+            _shift(zc, w, m)
+            torch.gather(w, 1, tc, out=D[r0:r1])                        # z_t - m
+            if s != 0.0:
+                if cw is None:
+                    torch.sum(w, 1, keepdim=True, out=SZ[r0:r1])
+                else:
+                    _masked_dot(cw.expand(n, C), w, bufs.get("t", n), SZ[r0:r1])
+            w.exp_()
+            Sc = S[r0:r1]
+            torch.sum(w, 1, keepdim=True, out=Sc)
+            if grad is None:
+                return None
+            _grad_scale(w, _col(a_sum, r0, r1), m, Sc, zl, g)
+            if smooth_g is not None:
+                w.sub_(smooth_g)
+            w.scatter_add_(1, tc, src[r0:r1])
+            if kc is not None:
+                w.masked_fill_(~kc[:, None], 0)
+            return None if grad.dtype == cd else w
+
+        _run_chunks(z2, cd, grad, chunk)
+        log_s = torch.log(S[:, 0])
+        a_dot = on * D[:, 0]
+        if s != 0.0:
+            a_dot = a_dot + sc * SZ[:, 0]
+        return F.row_loss(log_s, M[:, 0] + log_s, a_sum, a_dot, zl), grad, g
+
+    return _apply(z2, kernel).reshape(z.shape[:-1])
+
+
+def _run_chunks(z2, cd, grad, chunk):
+    """``chunk(r0, r1, w, bufs)`` over row chunks of ``z2`` in threads.
+
+    ``w`` is the chunk's work buffer: the gradient rows themselves when the
+    gradient has the compute dtype, else a private chunk whose (returned)
+    content is copied into the gradient rows in the logits' dtype.
+    """
+    N, C = z2.shape
+    R = _chunk_rows(z2)
+
+    def work(lo, hi):
+        bufs = _Buffers(R, C, cd, z2.device)
+        with torch.no_grad():  # grad mode is per thread
+            for r0 in range(lo, hi, R):
+                r1 = min(hi, r0 + R)
+                w = _work_buffer(grad, r0, r1, bufs, r1 - r0, cd)
+                out = chunk(r0, r1, w, bufs)
+                if out is not None:
+                    grad[r0:r1].copy_(out)
+
+    with _threads(z2) as n:
+        F.run_blocks(N, n, work)
+
+
+def dense_loss(z, y, cw, keep, s, zl):
+    if not _usable(z, cw, y) or y.shape != z.shape:
+        return None
+    C = z.shape[-1]
+    z2 = z.reshape(-1, C)
+    N = z2.shape[0]
+    y2 = y.reshape(-1, C)
+    k1 = None if keep is None else keep.reshape(-1)
+    cd = _compute_dtype(z.dtype)
+    sc = s / C
+
+    def kernel(z2, need_grad):
+        grad = _empty_like(z2) if need_grad else None
+        g = _grad_prescale(grad, cd, N)
+        M, S, A, D = _stats(N, 4, cd, z2.device)
+
+        def chunk(r0, r1, w, bufs):
+            n = r1 - r0
+            kc = None if k1 is None else k1[r0:r1]
+            zc = _load(z2[r0:r1], kc, bufs, n, cd)
+            a = bufs.get("a", n)
+            a.copy_(y2[r0:r1])
+            if s != 0.0:
+                a.mul_(1.0 - s).add_(sc)
+            if cw is not None:
+                a.mul_(cw)
+            if kc is not None:
+                a.masked_fill_(~kc[:, None], 0)
+            m, Ac, Sc = M[r0:r1], A[r0:r1], S[r0:r1]
+            torch.sum(a, 1, keepdim=True, out=Ac)
+            _shift(zc, w, m)
+            _masked_dot(a, w, bufs.get("t", n), D[r0:r1])
+            w.exp_()
+            torch.sum(w, 1, keepdim=True, out=Sc)
+            if grad is None:
+                return None
+            _grad_scale(w, Ac, m, Sc, zl, g)
+            w.sub_(a, alpha=g)
+            if kc is not None:
+                w.masked_fill_(~kc[:, None], 0)
+            return None if grad.dtype == cd else w
+
+        _run_chunks(z2, cd, grad, chunk)
+        log_s = torch.log(S[:, 0])
+        return F.row_loss(log_s, M[:, 0] + log_s, A[:, 0], D[:, 0], zl), grad, g
+
+    return _apply(z2, kernel).reshape(z.shape[:-1])
+
+
+def _safe_product(w, v):
+    return w * torch.where((w == 0) & torch.isinf(v), torch.zeros_like(v), v)
+
+
+def sigmoid_loss(z, y, pw, keep, s):
+    if not _usable(z, y, pw) or y.shape != z.shape:
+        return None
+    C = z.shape[-1] if z.dim() >= 2 else 1
+    if pw is not None and pw.numel() != 1:
+        if z.dim() < 2 or tuple(pw.shape[-1:]) != (C,) or pw.numel() != C:
+            return None
+        pw = pw.reshape(C)
+    z2, y2 = z.reshape(-1, C), y.reshape(-1, C)
+    k2 = None if keep is None else keep.reshape(-1, C)
+    cd = _compute_dtype(z.dtype)
+
+    def kernel(z2, need_grad):
+        N = z2.shape[0]
+        loss = _empty_like(z2, dtype=cd)
+        grad = _empty_like(z2) if need_grad else None
+        g = _grad_prescale(grad, cd, z2.numel())
+
+        def chunk(r0, r1, w, bufs):
+            n = r1 - r0
+            kc = None if k2 is None else k2[r0:r1]
+            zc = z2[r0:r1]
+            if zc.dtype != cd or kc is not None:
+                x = bufs.get("x", n)
+                x.copy_(zc)
+                if kc is not None:
+                    x.masked_fill_(~kc, 0)
+                zc = x
+            pos = bufs.get("a", n)
+            pos.copy_(y2[r0:r1])
+            if kc is not None:
+                pos.masked_fill_(~kc, 0)
+            if s != 0.0:
+                pos.mul_(1.0 - s).add_(0.5 * s)
+            neg = torch.neg(pos, out=bufs.get("b", n)).add_(1.0)
+            if pw is not None:
+                pos.mul_(pw)
+            lw = None if pw is None else pos + neg                     # pos + neg, 1 without
+            e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
+            lc = loss[r0:r1]
+            torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
+            t = bufs.get("t", n)
+            if bool(torch.isfinite(zc.sum())):  # cheaper than isfinite(zc).all()
+                # pos softplus(-z) + neg softplus(z)
+                #   = (pos + neg) log1p(exp(-|z|)) + pos max(-z, 0) + neg max(z, 0):
+                # a sum of non-negative terms, so no cancellation (PyTorch's
+                # neg z + softplus(-z) loses all digits of a small loss at z << 0)
+                if lw is not None:
+                    lc.mul_(lw)
+                lc.addcmul_(neg, torch.clamp(zc, min=0, out=t))
+                lc.addcmul_(pos, torch.clamp(zc, max=0, out=t), value=-1.0)
+            else:
+                # infinite logits: each term on its own, 0 where its weight is 0
+                sp = torch.log1p(e).add_(torch.clamp(zc, min=0))        # softplus(z)
+                lc.sub_(torch.clamp(zc, max=0, out=t))                  # softplus(-z)
+                lc.copy_(_safe_product(pos, lc) + _safe_product(neg, sp))
+            if grad is None:
+                return None
+            # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
+            torch.neg(zc, out=w).sigmoid_()
+            if lw is not None:
+                w.mul_(lw)
+            w.mul_(-g).add_(neg, alpha=g)                               # g (neg - lw sigmoid(-z))
+            if kc is not None:
+                w.masked_fill_(~kc, 0)
+            return None if grad.dtype == cd else w
+
+        _run_chunks(z2, cd, grad, chunk)
+        return loss, grad, g
+
+    return _apply(z2, kernel).reshape(z.shape)

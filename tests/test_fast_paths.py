@@ -1,0 +1,483 @@
+"""The private fast paths (``xent._fast*``) against the plain composition.
+
+Every test runs the same public call twice, with the fast path and with
+``xent._fast.disabled()``, and checks that the fast path was really taken
+(a spy on the dispatch). Values on NumPy and torch, gradients on torch.
+Chunks are made tiny (a few rows) and threads are forced on small arrays, so
+that odd sizes that are not multiples of the chunk, several threads and the
+chunk boundaries are all exercised. A few tests also check the fast path
+against a float64 formula and against PyTorch directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import xent
+from conftest import ADAPTERS
+from xent import _fast, _fast_torch
+
+REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
+BACKENDS = ("numpy", "torch", "jax")
+
+
+@pytest.fixture(params=["one_chunk", "tiny_chunks_threads"])
+def chunking(request, monkeypatch):
+    lib = request.node.callspec.params.get("lib")
+    if request.param == "tiny_chunks_threads" and lib == "jax":
+        pytest.skip("JAX's fast path has no chunks")
+    if request.param == "tiny_chunks_threads":
+        # 3 rows of 13 float32 per chunk, threads from the first element
+        monkeypatch.setattr(_fast, "CHUNK_BYTES", 3 * 13 * 4)
+        monkeypatch.setattr(_fast, "MIN_PARALLEL", 0)
+        monkeypatch.setattr(_fast_torch, "_threads", _two_threads)
+    return request.param
+
+
+class _two_threads:
+    """Two worker threads whatever the device or size (for the tests)."""
+
+    def __init__(self, z):
+        pass
+
+    def __enter__(self):
+        return 2
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records, per dispatch function, whether the fast path returned a loss."""
+    taken: dict[str, list[bool]] = {}
+    for name in ("sparse_loss", "dense_loss", "sigmoid_loss"):
+        orig = getattr(_fast, name)
+
+        def wrapper(*a, _orig=orig, _name=name, **k):
+            out = _orig(*a, **k)
+            taken.setdefault(_name, []).append(out is not None)
+            return out
+
+        monkeypatch.setattr(_fast, name, wrapper)
+    return taken
+
+
+def _to(lib, x, dtype=None):
+    if x is None or isinstance(x, (int, float)):
+        return x
+    x = np.asarray(x)
+    return ADAPTERS[lib].asarray(x, dtype if dtype and x.dtype.kind == "f" else None)
+
+
+def _np(x):
+    lib = "torch" if isinstance(x, torch.Tensor) else "jax" if isinstance(x, jax.Array) else "numpy"
+    return ADAPTERS[lib].to_numpy(x)
+
+
+def _run(fn, lib, z, *arrays, dtype="float64", grad=True, **kw):
+    """(value, dlogits) of ``fn`` on ``lib`` (the gradient of sum(value) on torch)."""
+    kw = {k: _to(lib, v, "float64" if k != "sample_weight" else dtype) if not isinstance(
+        v, (str, int, float, type(None))) else v for k, v in kw.items()}
+    zz = _to(lib, z, dtype)
+    args = [_to(lib, a, dtype) for a in arrays]
+    if lib == "torch" and grad:
+        zz.requires_grad_(True)
+        out = fn(zz, *args, **kw)
+        (g,) = torch.autograd.grad(out.sum(), zz)
+        return _np(out), _np(g)
+    if lib == "jax" and grad:
+        out, g = jax.value_and_grad(lambda a: fn(a, *args, **kw).sum())(zz)
+        return _np(fn(zz, *args, **kw)), _np(g)
+    return _np(fn(zz, *args, **kw)), None
+
+
+def _compare(fn, lib, z, *arrays, spy, which, dtype="float64", rtol=None, atol=None, **kw):
+    if lib == "jax" and which == "sparse_loss":
+        # JAX uses the plain composition for integer labels: only the
+        # behaviour checks of the calling test apply
+        plain = _run(fn, lib, z, *arrays, dtype=dtype, **kw)
+        assert spy[which][-1] is False
+        return plain, plain
+    fast = _run(fn, lib, z, *arrays, dtype=dtype, **kw)
+    assert spy.get(which) and spy[which][-1], f"{which} fast path was not taken"
+    with _fast.disabled():
+        plain = _run(fn, lib, z, *arrays, dtype=dtype, **kw)
+    if rtol is None:
+        rtol, atol = {"float64": (1e-12, 1e-12), "float32": (2e-5, 2e-6)}[dtype]
+    np.testing.assert_allclose(fast[0], plain[0], rtol=rtol, atol=atol)
+    if fast[1] is not None:
+        assert fast[1].dtype == plain[1].dtype
+        np.testing.assert_allclose(fast[1], plain[1], rtol=rtol, atol=atol)
+    return fast, plain
+
+
+def _data(n=37, c=13, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, c)) * 3
+    t = rng.integers(0, c, n)
+    y = rng.random((n, c))
+    cw = rng.random(c) + 0.1
+    sw = rng.random(n) + 0.1
+    return z, t, y, cw, sw
+
+
+def _grid(libs, options):
+    """Every backend x dtype x reduction x option set."""
+    def deco(f):
+        for name, values, ids in (("opts", options, lambda o: "-".join(o) or "plain"),
+                                  ("reduction", REDUCTIONS, None),
+                                  ("dtype", ["float64", "float32"], None),
+                                  ("lib", libs, None)):
+            f = pytest.mark.parametrize(name, values, ids=ids)(f)
+        return f
+    return deco
+
+
+SPARSE_OPTIONS = [
+    {},
+    {"class_weight": "cw"},
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.2, "class_weight": "cw"},
+    {"ignore_index": 4},
+    {"z_loss": 1e-2},
+    {"sample_weight": "sw"},
+    {"class_weight": "cw", "label_smoothing": 0.3, "ignore_index": 2, "z_loss": 1e-3,
+     "sample_weight": "sw"},
+]
+
+
+def _options(opts, cw, sw):
+    return {k: (cw if v == "cw" else sw if v == "sw" else v) for k, v in opts.items()}
+
+
+@_grid(["numpy", "torch"], SPARSE_OPTIONS)  # JAX: plain composition
+def test_sparse_fast_matches_plain(lib, dtype, reduction, opts, chunking, spy):
+    z, t, _, cw, sw = _data()
+    if "ignore_index" in opts:
+        t[::5] = opts["ignore_index"] + 100
+        opts = {**opts, "ignore_index": opts["ignore_index"] + 100}
+    _compare(xent.sparse_softmax_cross_entropy, lib, z, t, spy=spy, which="sparse_loss",
+             dtype=dtype, reduction=reduction, **_options(opts, cw, sw))
+
+
+DENSE_OPTIONS = [
+    {},
+    {"class_weight": "cw"},
+    {"label_smoothing": 0.1},
+    {"z_loss": 1e-2},
+    {"sample_weight": "sw"},
+    {"class_weight": "cw", "label_smoothing": 0.25, "z_loss": 1e-3, "sample_weight": "sw"},
+]
+
+
+@_grid(BACKENDS, DENSE_OPTIONS)
+def test_dense_fast_matches_plain(lib, dtype, reduction, opts, chunking, spy):
+    z, _, y, cw, sw = _data()
+    y[3] = 0.0  # an all-zero label row
+    _compare(xent.softmax_cross_entropy, lib, z, y, spy=spy, which="dense_loss", dtype=dtype,
+             reduction=reduction, label_gradient=False, **_options(opts, cw, sw))
+
+
+SIGMOID_OPTIONS = [
+    {},
+    {"pos_weight": "cw"},
+    {"pos_weight": 3.0},
+    {"label_smoothing": 0.1},
+    {"sample_weight": "sw2"},
+    {"pos_weight": "cw", "label_smoothing": 0.2, "sample_weight": "sw2"},
+]
+
+
+@_grid(BACKENDS, SIGMOID_OPTIONS)
+def test_sigmoid_fast_matches_plain(lib, dtype, reduction, opts, chunking, spy):
+    z, _, y, cw, sw = _data()
+    y = np.where(y < 0.3, 1.0, np.where(y > 0.8, y, 0.0))  # hard and soft labels
+    z[0, :4] = [40.0, -40.0, 1e4, -1e4]
+    sw2 = np.random.default_rng(1).random(z.shape)
+    kw = {k: (cw if v == "cw" else sw2 if v == "sw2" else v) for k, v in opts.items()}
+    _compare(xent.sigmoid_cross_entropy, lib, z, y, spy=spy, which="sigmoid_loss",
+             dtype=dtype, reduction=reduction, **kw)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])  # chunk boundaries: JAX has none
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (1, 7), (5, 3, 11), (7,)])
+def test_odd_shapes(lib, shape, chunking, spy):
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal(shape) * 2
+    t = rng.integers(0, shape[-1], shape[:-1])
+    y = rng.random(shape)
+    for fn, lab, which in ((xent.sparse_softmax_cross_entropy, t, "sparse_loss"),
+                           (xent.softmax_cross_entropy, y, "dense_loss"),
+                           (xent.sigmoid_cross_entropy, (y > 0.5) * 1.0, "sigmoid_loss")):
+        _compare(fn, lib, z, lab, spy=spy, which=which, reduction="none")
+
+
+@pytest.mark.parametrize("lib", BACKENDS)
+def test_zero_weight_nan_rows_contribute_exactly_zero(lib, chunking, spy):
+    z, t, y, cw, sw = _data()
+    sw[[0, 4, 5, 36]] = 0.0
+    z[[0, 4, 5, 36]] = np.nan
+    y[[0, 4, 5, 36]] = np.nan
+    for fn, lab, which, kw in (
+            (xent.sparse_softmax_cross_entropy, t, "sparse_loss",
+             {"class_weight": cw, "label_smoothing": 0.1, "z_loss": 1e-2}),
+            (xent.softmax_cross_entropy, y, "dense_loss",
+             # (no class weights here: the plain normalizer sum(y * cw) is NaN on NaN labels)
+             {"label_smoothing": 0.1, "z_loss": 1e-2, "label_gradient": False})):
+        for red in REDUCTIONS:
+            (v, g), _ = _compare(fn, lib, z, lab, spy=spy, which=which, sample_weight=sw,
+                                 reduction=red, **kw)
+            assert np.all(np.isfinite(v))
+            if red == "none":
+                assert np.all(v[[0, 4, 5, 36]] == 0.0)
+            if g is not None:
+                assert np.all(np.isfinite(g))
+                assert np.all(g[[0, 4, 5, 36]] == 0.0)
+
+
+@pytest.mark.parametrize("lib", BACKENDS)
+def test_ignored_rows_with_nan_logits_and_all_ignored_mean(lib, chunking, spy):
+    z, t, _, _, _ = _data()
+    t[[1, 2, 30]] = -100
+    z[[1, 2, 30]] = np.nan
+    (v, g), _ = _compare(xent.sparse_softmax_cross_entropy, lib, z, t, spy=spy,
+                         which="sparse_loss", ignore_index=-100)
+    assert np.isfinite(v)
+    if g is not None:
+        assert np.all(g[[1, 2, 30]] == 0.0)
+    (v, g), _ = _compare(xent.sparse_softmax_cross_entropy, lib, z, np.full(37, -100), spy=spy,
+                         which="sparse_loss", ignore_index=-100)
+    assert v == 0.0
+    if g is not None:
+        assert np.all(g == 0.0)
+
+
+@pytest.mark.parametrize("lib", BACKENDS)
+def test_masked_classes_minus_inf(lib, chunking, spy):
+    z, t, y, cw, _ = _data()
+    mask = np.random.default_rng(3).random(z.shape) < 0.3
+    mask[np.arange(37), t] = False
+    z[mask] = -np.inf
+    y = np.where(mask, 0.0, y)
+    z[7] = -np.inf  # a fully masked row, ignored
+    t7 = t.copy()
+    t7[7] = -1
+    cw0 = cw.copy()
+    cw0[[2, 5]] = 0.0
+    (v, g), _ = _compare(xent.sparse_softmax_cross_entropy, lib, z, t7, spy=spy,
+                         which="sparse_loss", ignore_index=-1, class_weight=cw0, z_loss=1e-3,
+                         reduction="none")
+    assert np.all(np.isfinite(v))
+    if g is not None:
+        assert np.all(np.isfinite(g)) and np.all(g[mask] == 0.0)
+    sw = np.ones(37)
+    sw[7] = 0.0
+    (v, g), _ = _compare(xent.softmax_cross_entropy, lib, z, y, spy=spy, which="dense_loss",
+                         class_weight=cw, sample_weight=sw, label_gradient=False,
+                         reduction="none")
+    assert np.all(np.isfinite(v))
+    if g is not None:
+        assert np.all(np.isfinite(g)) and np.all(g[mask] == 0.0)
+
+
+@pytest.mark.parametrize("lib", BACKENDS)
+def test_smoothing_over_masked_class_is_infinite_like_plain(lib, spy):
+    z, t, _, _, _ = _data(n=4, c=5)
+    z[0, (t[0] + 1) % 5] = -np.inf
+    (v, g), _ = _compare(xent.sparse_softmax_cross_entropy, lib, z, t, spy=spy,
+                         which="sparse_loss", label_smoothing=0.1, reduction="none")
+    assert v[0] == np.inf and np.all(np.isfinite(v[1:]))
+
+
+@pytest.mark.parametrize("lib", BACKENDS)
+def test_extreme_logits_match_float64_formula(lib, chunking, spy):
+    z = np.array([[1e4, -1e4, 0.0, 5e3], [-1e4, -1e4, -1e4, -1e4 + 1.0], [3.0, 1.0, 2.0, 0.0]])
+    t = np.array([1, 3, 0])
+    lse = np.array([np.logaddexp.reduce(r) for r in z])
+    expect = lse - z[np.arange(3), t]
+    for dtype in ("float64", "float32"):
+        v, g = _run(xent.sparse_softmax_cross_entropy, lib, z, t, dtype=dtype, reduction="none")
+        assert spy["sparse_loss"][-1] or lib == "jax"
+        # (JAX's plain composition rounds lse near -1e4 to float32's 1e-3 spacing)
+        np.testing.assert_allclose(v, expect, rtol=1e-6 if lib != "jax" or dtype == "float64"
+                                   else 1e-3)
+        if g is not None:
+            p = np.exp(z - lse[:, None])
+            p[np.arange(3), t] -= 1.0
+            np.testing.assert_allclose(g, p, atol=1e-6)
+
+
+def test_torch_fast_matches_pytorch(chunking, spy):
+    z, t, _, cw, _ = _data()
+    t[::6] = -100
+    F = torch.nn.functional
+    for kw, pt in (({"class_weight": cw, "ignore_index": -100},
+                    {"weight": torch.tensor(cw), "ignore_index": -100}),
+                   ({"label_smoothing": 0.2}, {"label_smoothing": 0.2})):
+        zt = torch.tensor(z, requires_grad=True)
+        tt = torch.tensor(np.where(t < 0, 0, t)) if "ignore_index" not in pt else torch.tensor(t)
+        ours = xent.sparse_softmax_cross_entropy(
+            zt, tt, **{k: torch.tensor(v) if isinstance(v, np.ndarray) else v
+                       for k, v in kw.items()})
+        assert spy["sparse_loss"][-1]
+        (g1,) = torch.autograd.grad(ours, zt)
+        ref = F.cross_entropy(zt, tt, **pt)
+        (g2,) = torch.autograd.grad(ref, zt)
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("fn,which", [(xent.sparse_softmax_cross_entropy, "sparse_loss"),
+                                      (xent.softmax_cross_entropy, "dense_loss"),
+                                      (xent.sigmoid_cross_entropy, "sigmoid_loss")])
+def test_low_precision_torch(dtype, fn, which, chunking, spy):
+    z, t, y, cw, sw = _data()
+    lab = t if which == "sparse_loss" else (y > 0.6) * 1.0 if which == "sigmoid_loss" else y
+    kw = {"sample_weight": sw} if which != "sigmoid_loss" else {}
+    tol = {"float16": 2e-3, "bfloat16": 2e-2}[dtype]
+    for red in ("none", "mean"):
+        (v, g), (pv, pg) = _compare(fn, "torch", z, lab, spy=spy, which=which, dtype=dtype,
+                                    rtol=tol, atol=tol * 0.1, reduction=red, **kw)
+        assert g.dtype == pg.dtype
+    zt = torch.tensor(z).to(getattr(torch, dtype)).requires_grad_(True)
+    out = fn(zt, torch.tensor(lab), reduction="sum")
+    assert out.dtype == zt.dtype
+    (g,) = torch.autograd.grad(out, zt)
+    assert g.dtype == zt.dtype
+    # the fast path is no less accurate than the plain one against float64
+    exact = _run(fn, "torch", z, lab, reduction="none")[0]
+    fast = _run(fn, "torch", z, lab, dtype=dtype, reduction="none", grad=False)[0]
+    with _fast.disabled():
+        plain = _run(fn, "torch", z, lab, dtype=dtype, reduction="none", grad=False)[0]
+    assert np.max(np.abs(fast - exact)) <= np.max(np.abs(plain - exact)) * 1.01 + 1e-6
+
+
+def test_caller_logits_are_never_written(chunking, spy):
+    z, t, y, _, sw = _data()
+    for dtype in (torch.float64, torch.float32, torch.float16):
+        zt = torch.tensor(z, dtype=dtype, requires_grad=True)
+        before = zt.detach().clone()
+        for fn, lab in ((xent.sparse_softmax_cross_entropy, torch.tensor(t)),
+                        (xent.softmax_cross_entropy, torch.tensor(y)),
+                        (xent.sigmoid_cross_entropy, torch.tensor(y))):
+            out = fn(zt, lab, reduction="sum")
+            out.backward()
+            assert torch.equal(zt.detach(), before)
+    zn = z.copy()
+    xent.sparse_softmax_cross_entropy(zn, t, sample_weight=sw)
+    xent.softmax_cross_entropy(zn, y)
+    assert np.array_equal(zn, z)
+
+
+def test_no_gradient_work_without_grad(monkeypatch, spy):
+    def boom(*a, **k):
+        raise AssertionError("the autograd Function ran although no gradient is needed")
+
+    monkeypatch.setattr(_fast_torch._Fused, "apply", boom)
+    z, t, y, _, _ = _data()
+    zt = torch.tensor(z, requires_grad=True)
+    with torch.no_grad():
+        a = xent.sparse_softmax_cross_entropy(zt, torch.tensor(t))
+        b = xent.softmax_cross_entropy(zt, torch.tensor(y))
+        c = xent.sigmoid_cross_entropy(zt, torch.tensor(y))
+    d = xent.sparse_softmax_cross_entropy(torch.tensor(z), torch.tensor(t))
+    assert all(spy[k][-1] for k in ("sparse_loss", "dense_loss", "sigmoid_loss"))
+    assert a.grad_fn is None and b.grad_fn is None and c.grad_fn is None and d.grad_fn is None
+    with _fast.disabled():
+        torch.testing.assert_close(a, xent.sparse_softmax_cross_entropy(zt, torch.tensor(t)))
+
+
+def test_second_backward_is_a_clear_error(spy):
+    z, t, _, _, _ = _data()
+    zt = torch.tensor(z, requires_grad=True)
+    out = xent.sparse_softmax_cross_entropy(zt, torch.tensor(t))
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="differentiated twice"):
+        out.backward()
+
+
+def test_gradient_accumulates_like_plain(spy):
+    z, t, _, _, _ = _data()
+    grads = []
+    for enabled in (True, False):
+        zt = torch.tensor(z, requires_grad=True)
+        _fast.ENABLED = enabled
+        try:
+            for scale in (1.0, 2.5):
+                (scale * xent.sparse_softmax_cross_entropy(zt, torch.tensor(t))).backward()
+        finally:
+            _fast.ENABLED = True
+        grads.append(zt.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["focal", "axis0", "label_gradient", "func_grad",
+                                  "pos_weight_grad", "broadcast_pos_weight"])
+def test_unsupported_combinations_fall_back(case, spy):
+    z, t, y, cw, _ = _data(n=6, c=6)
+    zt = torch.tensor(z, requires_grad=True)
+    if case == "focal":
+        xent.sparse_softmax_cross_entropy(zt, torch.tensor(t), focal_gamma=2.0)
+        assert spy["sparse_loss"] == [False]
+    elif case == "axis0":
+        xent.sparse_softmax_cross_entropy(zt, torch.tensor(t), axis=0)
+        assert spy["sparse_loss"] == [False]
+    elif case == "label_gradient":
+        yt = torch.tensor(y, requires_grad=True)
+        out = xent.softmax_cross_entropy(zt, yt)
+        assert spy["dense_loss"] == [False]
+        (gy,) = torch.autograd.grad(out, yt)
+        assert torch.all(gy != 0)
+    elif case == "func_grad":
+        g = torch.func.grad(lambda a: xent.sparse_softmax_cross_entropy(a, torch.tensor(t)))(
+            torch.tensor(z))
+        assert spy["sparse_loss"] == [False]
+        with _fast.disabled():
+            ref = torch.autograd.grad(xent.sparse_softmax_cross_entropy(zt, torch.tensor(t)),
+                                      zt)[0]
+        torch.testing.assert_close(g, ref)
+    elif case == "pos_weight_grad":
+        xent.sigmoid_cross_entropy(zt, torch.tensor(y > 0.5) * 1.0,
+                                   pos_weight=torch.tensor(cw, requires_grad=True))
+        assert spy["sigmoid_loss"] == [False]
+    else:
+        xent.sigmoid_cross_entropy(zt, torch.tensor(y > 0.5) * 1.0,
+                                   pos_weight=torch.tensor(cw[:, None]))
+        assert spy["sigmoid_loss"] == [False]
+
+
+def test_chunk_planning_covers_every_row():
+    seen = []
+    for n, threads in itertools.product((1, 2, 7, 64), (1, 2, 3)):
+        covered = np.zeros(n, int)
+
+        def work(lo, hi, covered=covered):
+            covered[lo:hi] += 1
+
+        _fast.run_blocks(n, threads, work)
+        seen.append(bool(np.all(covered == 1)))
+    assert all(seen)
+    assert _fast.rows_per_chunk(10**9) == 1 and _fast.rows_per_chunk(1, 4, 400) == 100
+
+
+@pytest.mark.parametrize("lib", BACKENDS)
+def test_sigmoid_infinite_logits_with_matching_labels(lib, chunking, spy):
+    z, _, y, cw, _ = _data()
+    y = (y > 0.5) * 1.0
+    z[0, :6] = [np.inf, -np.inf, np.inf, -np.inf, 2.0, -3.0]
+    y[0, :6] = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    z[5, 1], y[5, 1] = -np.inf, 0.0
+    for kw in ({}, {"pos_weight": cw}):
+        (v, g), _ = _compare(xent.sigmoid_cross_entropy, lib, z, y, spy=spy,
+                             which="sigmoid_loss", reduction="none", **kw)
+        assert np.all(v[0, :4] == 0.0) and np.all(np.isfinite(v))
+        if g is not None:
+            assert np.all(g[0, :4] == 0.0) and np.all(np.isfinite(g))
