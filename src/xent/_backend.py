@@ -159,6 +159,14 @@ class Backend:
     def log_softmax(self, x: Any, axis: int = -1) -> Any:
         return x - self.logsumexp(x, axis=axis, keepdims=True)
 
+    def logsumexp_shifted(self, x: Any, axis: int = -1) -> Any:
+        """``logsumexp(x)`` (keepdims) for ``x`` already shifted by its row maximum.
+
+        The library's ``logsumexp`` subtracts the maximum again; JAX overrides
+        this with the direct ``log(sum(exp(x)))``, which XLA fuses into one pass.
+        """
+        return self.logsumexp(x, axis=axis, keepdims=True)
+
     def softplus(self, x: Any) -> Any:
         """``log(1 + exp(x))`` without overflow."""
         return np.logaddexp(x, np.zeros((), dtype=x.dtype))
@@ -308,6 +316,11 @@ class JaxBackend(Backend):
 
     def log_softmax(self, x: Any, axis: int = -1) -> Any:
         return self.jax.nn.log_softmax(x, axis=axis)
+
+    def logsumexp_shifted(self, x: Any, axis: int = -1) -> Any:
+        # x <= 0 (or a row of -inf): exp cannot overflow, and one fused
+        # exp-sum pass replaces jax.nn.logsumexp's second max and selects
+        return self.jnp.log(self.jnp.sum(self.jnp.exp(x), axis=axis, keepdims=True))
 
     def softplus(self, x: Any) -> Any:
         return self.jnp.logaddexp(x, 0.0)

@@ -70,7 +70,7 @@ def _log_normalizer(be: Backend, z: Any):
     m = xp.max(z, axis=-1, keepdims=True)
     m = be.stop_gradient(xp.where(xp.isfinite(m), m, xp.zeros_like(m)))
     zs = z - m
-    return zs, be.logsumexp(zs, axis=-1, keepdims=True), m
+    return zs, be.logsumexp_shifted(zs, axis=-1), m
 
 
 def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
@@ -315,7 +315,9 @@ def _sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl):
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
     zs, lse_s, m = _log_normalizer(be, z)
-    logp_t = (be.take_along_axis(zs, t[..., None], axis=-1) - lse_s)[..., 0]
+    # gather from z, not zs: the same numbers ((z_t - m) - lse_s), but XLA then
+    # need not write the shifted logits to memory for the gather
+    logp_t = ((be.take_along_axis(z, t[..., None], axis=-1) - m) - lse_s)[..., 0]
     nll = -logp_t
     if gamma != 0.0:
         nll = nll * be.pow(-xp.expm1(logp_t), gamma)
