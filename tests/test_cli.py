@@ -272,3 +272,21 @@ def test_python_m_xent_exit_codes(files):
     assert missing.returncode == 2
     assert missing.stderr == "xent: cannot read /nonexistent.npy: no such file\n"
     assert "Traceback" not in missing.stderr + missing.stdout
+
+
+def test_closed_pipe_is_quiet():
+    """Regression: `xent demo | head` printed 'unexpected BrokenPipeError'."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "src"))
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first write: every write fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "xent", "demo"], env=env, stdout=w,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert proc.returncode == 0
+    assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr

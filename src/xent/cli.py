@@ -333,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`xent demo | head`): stop quietly, like other tools;
+        # point stdout at devnull so the interpreter's final flush does not complain
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:  # never a traceback
         print(f"xent: unexpected {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return 2
