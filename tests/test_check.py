@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import xent
-from xent import _table as T
-from xent._data import load_example
+from xent._guide import table as T
+from xent._guide.data import load_example
 from xent.choose import _fmt
 
 

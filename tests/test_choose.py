@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import xent
-from xent import _guide
-from xent import _table as T
+from xent._guide import render as _guide
+from xent._guide import table as T
 
 HAS_LINEAR = hasattr(xent, "linear_cross_entropy")
 
@@ -420,9 +420,9 @@ def test_every_situation_is_reachable():
 # -- the guide ---------------------------------------------------------------------------------------
 
 def test_checked_in_guide_is_fresh():
-    assert _guide.GUIDE.is_file(), "docs/choosing.md is missing: run python -m xent._guide"
+    assert _guide.GUIDE.is_file(), "docs/choosing.md is missing: run python -m xent._guide.render"
     assert _guide.GUIDE.read_text() == _guide.render(), (
-        "docs/choosing.md differs from the decision table: run python -m xent._guide")
+        "docs/choosing.md differs from the decision table: run python -m xent._guide.render")
 
 
 def test_guide_renders_every_situation_finding_and_name():

@@ -14,7 +14,7 @@ import pytest
 
 import xent
 from xent import cli
-from xent._data import load_example
+from xent._guide.data import load_example
 
 SRC = str(Path(xent.__file__).resolve().parents[1])
 
@@ -191,7 +191,7 @@ def test_equivalents_text_and_json(capsys):
 
 
 def test_equivalents_list(capsys):
-    from xent import _table
+    from xent._guide import table as _table
 
     code, out, _ = run(["equivalents", "--list"], capsys)
     assert code == 0 and len(out.splitlines()) == len(_table.NAMES)

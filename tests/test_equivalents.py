@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import xent
-from xent import _table as T
+from xent._guide import table as T
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")

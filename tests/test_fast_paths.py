@@ -1,7 +1,7 @@
-"""The private fast paths (``xent._fast*``) against the plain composition.
+"""The private fast paths (``xent._kernels``) against the plain composition.
 
 Every test runs the same public call twice, with the fast path and with
-``xent._fast.disabled()``, and checks that the fast path was really taken
+``xent._kernels.table.disabled()``, and checks that the fast path was really taken
 (a spy on the dispatch). Values on NumPy and torch, gradients on torch.
 Chunks are made tiny (a few rows) and threads are forced on small arrays, so
 that odd sizes that are not multiples of the chunk, several threads and the
@@ -21,7 +21,7 @@ import torch
 
 import xent
 from conftest import ADAPTERS
-from xent import _fast, _fast_torch
+from xent._kernels import dense_torch as _fast_torch, rows as _rows, table as _fast
 
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
 BACKENDS = ("numpy", "torch", "jax")
@@ -34,8 +34,8 @@ def chunking(request, monkeypatch):
         pytest.skip("JAX's fast path has no chunks")
     if request.param == "tiny_chunks_threads":
         # 3 rows of 13 float32 per chunk, threads from the first element
-        monkeypatch.setattr(_fast, "CHUNK_BYTES", 3 * 13 * 4)
-        monkeypatch.setattr(_fast, "MIN_PARALLEL", 0)
+        monkeypatch.setattr(_rows, "CHUNK_BYTES", 3 * 13 * 4)
+        monkeypatch.setattr(_rows, "MIN_PARALLEL", 0)
         monkeypatch.setattr(_fast_torch, "_threads", _two_threads)
     return request.param
 
@@ -462,10 +462,10 @@ def test_chunk_planning_covers_every_row():
         def work(lo, hi, covered=covered):
             covered[lo:hi] += 1
 
-        _fast.run_blocks(n, threads, work)
+        _rows.run_blocks(n, threads, work)
         seen.append(bool(np.all(covered == 1)))
     assert all(seen)
-    assert _fast.rows_per_chunk(10**9) == 1 and _fast.rows_per_chunk(1, 4, 400) == 100
+    assert _rows.rows_per_chunk(10**9) == 1 and _rows.rows_per_chunk(1, 4, 400) == 100
 
 
 @pytest.mark.parametrize("lib", BACKENDS)

@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 from xent import samplers as XS
-from xent._backend import get_backend
+from xent._core.backend import get_backend
 
 tf = pytest.importorskip("tensorflow")
 

@@ -1,6 +1,6 @@
 """Which cross-entropy to use: ``choose``, ``check`` and ``equivalents``.
 
-All three read one decision table, :mod:`xent._table` (label situations,
+All three read one decision table, :mod:`xent._guide.table` (label situations,
 thresholds, mistakes, peer names); ``docs/choosing.md`` is rendered from the
 same table. The arrays are inspected on the host (a copy through NumPy), so
 these are diagnostics for eager code, not for use inside ``jax.jit``.
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _table as T
-from ._backend import backend_of, library_of, to_numpy
-from ._validate import convert
+from ._core.backend import backend_of, library_of, to_numpy
+from ._core.validate import convert
+from ._guide import table as T
 
 __all__ = ["Equivalents", "Finding", "Recommendation", "check", "choose", "equivalents"]
 
@@ -295,7 +295,7 @@ def choose(labels: Any = None, /, *, task: str | None = None, num_classes: int |
     (their indices, ``labels.argmax(-1)``), probability rows summing to 1 (soft:
     ``softmax_cross_entropy``), multi-hot or independent soft rows (multi-label:
     ``sigmoid_cross_entropy``), and indices into at least
-    ``_table.HUGE_CLASSES`` = 32768 classes (``linear_cross_entropy``, with
+    ``xent._guide.table.HUGE_CLASSES`` = 32768 classes (``linear_cross_entropy``, with
     ``sampled_softmax_loss`` as a training-only alternative). It counts the
     classes and measures the imbalance; when the most frequent class is at
     least 5 times as frequent as the least frequent one it suggests

@@ -148,7 +148,7 @@ def _read_torch(p: Path, key: str | None, role: str) -> Any:
 def _demo(args: argparse.Namespace, style: _Style) -> int:
     import xent
 
-    from ._data import load_example
+    from ._guide.data import load_example
 
     data = load_example()
     rows = []
@@ -242,7 +242,7 @@ def _check(args: argparse.Namespace, style: _Style) -> int:
 def _equivalents(args: argparse.Namespace, style: _Style) -> int:
     import xent
 
-    from . import _table
+    from ._guide import table as _table
 
     if args.list:
         if args.json:

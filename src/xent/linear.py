@@ -3,8 +3,8 @@
 The public :func:`linear_cross_entropy` validates, flattens the inputs to
 ``[N, D]`` rows, asks a backend kernel for the per-row loss ``l_i`` (computed
 chunk by chunk, never holding all logits) and hands it to the one reduction
-helper (:mod:`xent._reduce`). The kernels live in ``_linear_torch`` (a
-``torch.autograd.Function``), ``_linear_jax`` (a ``jax.custom_vjp``) and here
+helper (:mod:`xent._core.reduce`). The kernels live in ``xent._kernels.linear_torch`` (a
+``torch.autograd.Function``), ``xent._kernels.linear_jax`` (a ``jax.custom_vjp``) and here
 (NumPy, forward only); the per-row formulas they share are defined once below.
 
 Per row, with ``z = x W^T + b`` (soft-capped), ``lse = logsumexp(z)``, ``t`` the
@@ -23,146 +23,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from . import _reduce as R
-from . import _validate as V
-from ._backend import Backend
+from ._core import reduce as R
+from ._core import validate as V
+from ._core.backend import Backend, library_of
+from ._kernels.linear_rows import Opts, default_chunk, numpy_rows
 
 __all__ = ["linear_cross_entropy"]
-
-# Logits held at once by a kernel (per buffer) when chunk_size is None.
-_DEFAULT_BUDGET = 1 << 22
-
-
-@dataclass(frozen=True)
-class Opts:
-    """The static options of one call, shared by every kernel."""
-
-    num_classes: int
-    chunk: int  # vocabulary columns per chunk; the kernels hold about N * chunk logits
-    smoothing: float
-    z_loss: float
-    softcap: float | None
-
-
-def row_loss(log_se: Any, zt_rel: Any, sm_rel: Any, lse: Any, w_t: Any, S: Any, o: Opts) -> Any:
-    """The per-row loss from the row statistics (see the module docstring).
-
-    ``log_se = lse - m``, ``zt_rel = z_t - m``, ``sm_rel = sum_c w_c (z_c - m)``
-    (unused when there is no smoothing), ``w_t`` the label's class weight
-    (a scalar 1 without class weights), ``S = sum_c w_c``.
-    """
-    s = o.smoothing
-    loss = ((1.0 - s) * w_t) * (log_se - zt_rel)
-    if s != 0.0:
-        loss = loss + (s / o.num_classes) * (S * log_se - sm_rel)
-    if o.z_loss != 0.0:
-        loss = loss + o.z_loss * lse * lse
-    return loss
-
-
-def grad_scale(lse: Any, w_t: Any, S: Any, o: Opts) -> Any:
-    """``A`` in ``dl/dz = p A - (1 - s) w_t onehot(t) - (s / V) w``."""
-    s = o.smoothing
-    a = (1.0 - s) * w_t + (s / o.num_classes) * S
-    if o.z_loss != 0.0:
-        a = a + (2.0 * o.z_loss) * lse
-    return a
-
-
-def softcap(xp: Any, u: Any, o: Opts) -> Any:
-    """``c * tanh(u / c)`` (identity without a cap)."""
-    return u if o.softcap is None else o.softcap * xp.tanh(u / o.softcap)
-
-
-def chunk_start(k: Any, o: Opts, xp: Any = None) -> Any:
-    """First column of vocabulary chunk ``k``: ``k * chunk`` clamped so the chunk fits.
-
-    The last chunk may overlap the one before; its columns below ``k * chunk``
-    were already counted and are masked by the kernels.
-    """
-    last = o.num_classes - o.chunk
-    return min(k * o.chunk, last) if xp is None else xp.minimum(k * o.chunk, last)
-
-
-def num_chunks(o: Opts) -> int:
-    return -(-o.num_classes // o.chunk)
-
-
-def online_init(xp: Any, n: int, dtype: Any) -> tuple:
-    """Row statistics before any chunk: (m, se, sm, S_seen).
-
-    ``m`` starts at the dtype's lowest finite value, not ``-inf``, so that the
-    first rescaling ``exp(m - m_new)`` is 0 rather than NaN.
-    """
-    low = float(np.finfo(np.float64 if "64" in str(dtype) else np.float32).min)
-    m = xp.full((n,), low, dtype=dtype)
-    zero = xp.zeros((n,), dtype=dtype)
-    return m, zero, zero, xp.zeros((), dtype=dtype)
-
-
-def online_update(xp: Any, state: tuple, z: Any, colw: Any, o: Opts) -> tuple:
-    """Fold one chunk of logits ``z`` ``[N, c]`` into the row statistics.
-
-    Masked columns hold ``-inf`` in ``z`` and 0 in ``colw`` (the chunk's class
-    weights; ones without class weights).
-    """
-    m, se, sm, seen = state
-    m_new = xp.maximum(m, xp.max(z, axis=1))
-    se = se * xp.exp(m - m_new) + xp.sum(xp.exp(z - m_new[:, None]), axis=1)
-    if o.smoothing != 0.0:
-        zr = xp.where(colw == 0, xp.zeros_like(z), z - m_new[:, None])
-        sm = sm - seen * (m_new - m) + zr @ colw
-        seen = seen + xp.sum(colw)
-    return m_new, se, sm, seen
-
-
-def label_logit(xp: Any, x: Any, W: Any, b: Any, t: Any, dtype: Any, o: Opts) -> Any:
-    """``z_t`` per row, as a row-wise dot product (``[N, D]`` work, no logits)."""
-    wt = xp.take(W, t, axis=0)
-    u = xp.sum(_cast(xp, x, dtype) * _cast(xp, wt, dtype), axis=1)
-    if b is not None:
-        u = u + _cast(xp, xp.take(b, t, axis=0), dtype)
-    return softcap(xp, u, o)
-
-
-def _cast(xp: Any, x: Any, dtype: Any) -> Any:
-    return x if x.dtype == dtype else xp.astype(x, dtype)
-
-
-def default_chunk(n: int, v: int, chunk_size: Any) -> int:
-    """Vocabulary columns per chunk: ``chunk_size``, or about 4M logits at once."""
-    if chunk_size is None:
-        return max(1, min(v, _DEFAULT_BUDGET // max(n, 1)))
-    return max(1, min(v, chunk_size))
-
-
-def _numpy_rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, cdt: Any, o: Opts) -> Any:
-    """NumPy kernel: the per-row loss, one vocabulary chunk at a time."""
-    xp = np
-    n = x.shape[0]
-    state = online_init(xp, n, cdt)
-    ones = np.ones(o.chunk, dtype=cdt)
-    for k in range(num_chunks(o)):
-        start = chunk_start(k, o)
-        u = x @ W[start:start + o.chunk].T
-        z = softcap(xp, _cast(xp, u, cdt) + (0 if b is None else b[start:start + o.chunk]), o)
-        colvalid = np.arange(start, start + o.chunk) >= k * o.chunk
-        z = np.where(colvalid, z, -np.inf)
-        colw = np.where(colvalid, ones if cw is None else cw[start:start + o.chunk], 0)
-        with np.errstate(invalid="ignore", over="ignore"):
-            state = online_update(xp, state, z, colw, o)
-    m, se, sm, _ = state
-    with np.errstate(divide="ignore"):
-        log_se = np.log(se)
-    zt = label_logit(xp, x, W, b, t, cdt, o)
-    S = o.num_classes if cw is None else np.sum(cw)
-    return row_loss(log_se, zt - m, sm, m + log_se, w_t, S, o)
-
 
 def _options(label_smoothing: Any, z_loss: Any, logit_softcap: Any, reduction: Any,
              chunk_size: Any):
@@ -180,8 +48,6 @@ def _options(label_smoothing: Any, z_loss: Any, logit_softcap: Any, reduction: A
 
 def _matrix(be: Backend, value: Any, like: Any, name: str) -> Any:
     """``value`` as ``be``'s array in ``like``'s dtype; same-library arrays must match it."""
-    from ._backend import library_of
-
     same_lib = library_of(value) == be.name
     arr = V.convert(be, value, like, name, "inputs")
     if same_lib and arr.dtype != like.dtype:
@@ -331,14 +197,14 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
         norm = xp.reshape(w_t, lead) if sw is None else xp.reshape(w_t, lead) * sw
 
     if be.name == "torch":
-        from . import _linear_torch
+        from ._kernels import linear_torch
 
-        rows = _linear_torch.rows(x2, W, b, t2, w_t, cw, o)
+        rows = linear_torch.rows(x2, W, b, t2, w_t, cw, o)
     elif be.name == "jax":
-        from . import _linear_jax
+        from ._kernels import linear_jax
 
-        rows = _linear_jax.rows(x2, W, b, t2, w_t, cw, o)
+        rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o)
     else:
-        rows = _numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
+        rows = numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
     return R.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,
                     valid=valid, out_dtype=x.dtype)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from . import _reduce as R
-from . import _validate as V
-from ._backend import Backend, describe
+from ._core import reduce as R
+from ._core import validate as V
+from ._core.backend import Backend, describe
 from .samplers import Sample, _int_dtype, _num_sampled, as_sampler
 
 __all__ = ["sampled_softmax_loss", "nce_loss"]

@@ -50,8 +50,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _validate as V
-from ._backend import Backend, backend_of, describe, get_backend, library_of, to_numpy
+from ._core import validate as V
+from ._core.backend import Backend, backend_of, describe, get_backend, library_of, to_numpy
 
 __all__ = [
     "Sample",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _fast
-from . import _reduce as R
-from . import _validate as V
+from ._core import reduce as R
+from ._core import validate as V
+from ._kernels import table as kernels
 
 __all__ = ["sigmoid_cross_entropy", "log_loss"]
 
@@ -127,7 +127,7 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
         pw = be.astype(pw, cdt)
     sw = R.sample_weights(be, sample_weight, logits, shape, cdt)
     keep = R.keep_mask(be, sw, None)
-    loss = _fast.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
+    loss = kernels.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
     if loss is None:
         loss = _sigmoid_loss(be, be.astype(logits, cdt), y, pw, keep, s, gamma)
     return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype)

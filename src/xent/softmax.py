@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _fast
-from . import _reduce as R
-from . import _validate as V
-from ._backend import Backend
+from ._core import reduce as R
+from ._core import validate as V
+from ._core.backend import Backend
+from ._kernels import table as kernels
 
 __all__ = ["softmax_cross_entropy", "sparse_softmax_cross_entropy"]
 
@@ -185,7 +185,7 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
     sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
     cw = _class_weight(be, class_weight, like, C, cdt)
     keep = R.keep_mask(be, sw, None)
-    loss = _fast.dense_loss(be, z, y, cw, keep, s, gamma, zl)
+    loss = kernels.dense_loss(be, z, y, cw, keep, s, gamma, zl)
     if loss is None:
         loss = _dense_loss(be, be.astype(z, cdt), y, cw, keep, s, gamma, zl)
     norm = None
@@ -298,7 +298,7 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
     w_t = None if cw is None else be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0)
     if w_t is not None:
         w_t = xp.reshape(w_t, elem_shape)
-    loss = _fast.sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl)
+    loss = kernels.sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl)
     if loss is None:
         loss = _sparse_loss(be, be.astype(z, cdt), t, w_t, cw, keep, s, gamma, zl)
     norm = None

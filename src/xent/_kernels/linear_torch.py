@@ -10,7 +10,7 @@ The vocabulary is walked in chunks of ``chunk`` columns; one reused buffer
   it saves ``lse`` ``[N]`` and keeps the last chunk's buffer, which already
   holds ``exp(z - m_final)``.
 * backward, with the per-row cotangent ``g`` (any ``g``: every reduction and
-  ``sample_weight`` gradients are plain autograd of :mod:`xent._reduce` on
+  ``sample_weight`` gradients are plain autograd of :mod:`xent._core.reduce` on
   the per-row output): the last chunk from the kept buffer, the others
   recomputed; per chunk ``dX += dz W_c`` and ``dW_c = dz^T x``, written once.
 
@@ -33,7 +33,7 @@ import array_api_compat.torch as xpt
 import numpy as np
 import torch
 
-from .linear import Opts, grad_scale, label_logit, row_loss
+from .linear_rows import Opts, grad_scale, label_logit, row_loss
 
 _LOW = (torch.float16, torch.bfloat16)
 

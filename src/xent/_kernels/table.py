@@ -5,10 +5,10 @@ the per-element loss the plain way: validation, sample and class weights, the
 keep mask. Then they ask this module for the per-element loss. A fast path
 returns it (with its own gradient), or None when it does not handle the
 combination, and the plain composition runs instead. Reductions stay in
-``_reduce.py``.
+``xent._core.reduce``.
 
-What the fast paths do (see ``_fast_torch.py``, ``_fast_numpy.py`` and
-``_fast_jax.py``, which only rewrites expressions for XLA):
+What the fast paths do (see ``dense_torch.py``, ``dense_numpy.py`` and
+``dense_jax.py``, which only rewrites expressions for XLA):
 
 * the rows of ``[N, C]`` logits are processed in chunks of a few rows that fit
   in the per-core cache, by as many threads as the library would use: each
@@ -38,17 +38,9 @@ composition; the tests compare the two.
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
-from typing import Any, Callable
 
 ENABLED = True
-
-#: Bytes of one chunk's working buffer (per thread): about the 1 MiB L2 cache
-#: next to the rows being read.
-CHUNK_BYTES = 1024 * 1024
-#: Below this many elements a single thread does all the work.
-MIN_PARALLEL = 1 << 18
 
 
 @contextmanager
@@ -62,64 +54,13 @@ def disabled():
         ENABLED = old
 
 
-def rows_per_chunk(num_classes: int, itemsize: int = 4, chunk_bytes: int | None = None) -> int:
-    """How many rows of ``num_classes`` entries fill one chunk buffer."""
-    return max(1, (chunk_bytes or CHUNK_BYTES) // max(1, num_classes * itemsize))
-
-
-def run_blocks(n_rows: int, n_threads: int, work: Callable[[int, int], None]) -> None:
-    """``work(lo, hi)`` over contiguous row blocks, one per thread.
-
-    Threads pay off only where the library releases the GIL in its kernels
-    (NumPy ufuncs and reductions; torch operators); exceptions in a worker are
-    raised here.
-    """
-    n_threads = max(1, min(n_threads, n_rows))
-    if n_threads == 1:
-        work(0, n_rows)
-        return
-    bounds = [n_rows * i // n_threads for i in range(n_threads + 1)]
-    errors: list[BaseException] = []
-
-    def run(lo: int, hi: int) -> None:
-        try:
-            work(lo, hi)
-        except BaseException as e:  # pragma: no cover - re-raised below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(bounds[i], bounds[i + 1]))
-               for i in range(1, n_threads)]
-    for th in threads:
-        th.start()
-    run(bounds[0], bounds[1])
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-
-
-def row_loss(log_s: Any, lse: Any, a_sum: Any, a_dot: Any, zl: float) -> Any:
-    """Per-row loss ``A log S - sum_c a_c (z_c - m) + z_loss lse^2`` (any array type)."""
-    loss = a_sum * log_s - a_dot
-    if zl != 0.0:
-        loss = loss + zl * lse * lse
-    return loss
-
-
-def sparse_coefficients(w_t: Any, s: float, num_classes: int, w_total: Any) -> tuple[Any, Any]:
-    """``A`` for integer labels, and the weight ``(1 - s) w_t`` of the label class."""
-    on = (1.0 - s) if w_t is None else (1.0 - s) * w_t
-    return on + (s / num_classes) * w_total if s != 0.0 else on, on
-
-
-# -- dispatch -------------------------------------------------------------
 def _module(be):
     if be.name == "torch":
-        from . import _fast_torch as m
+        from . import dense_torch as m
     elif be.name == "numpy":
-        from . import _fast_numpy as m
+        from . import dense_numpy as m
     elif be.name == "jax":
-        from . import _fast_jax as m
+        from . import dense_jax as m
     else:  # pragma: no cover - every backend has a module
         return None
     return m

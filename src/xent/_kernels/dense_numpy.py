@@ -1,4 +1,4 @@
-"""NumPy fast paths for the dense losses (method and formulas: ``_fast.py``).
+"""NumPy fast paths for the dense losses (method and formulas: ``xent._kernels.table``).
 
 NumPy has no autodiff, so these compute the per-element loss only: row
 chunks that fit in the per-core cache, shifted, exponentiated and summed in
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from . import _fast as F
+from . import rows as F
 
 
 def _n_threads(size: int) -> int:

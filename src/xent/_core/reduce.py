@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
-from ._backend import Backend
+from . import validate as V
+from .backend import Backend
 
 
 def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int, ...],

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import Backend, backend_of, describe, library_of
+from .backend import Backend, backend_of, describe, library_of
 
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
 

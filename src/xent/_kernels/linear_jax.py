@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .linear import (Opts, chunk_start, grad_scale, label_logit, num_chunks, online_init,
+from .linear_rows import (Opts, chunk_start, grad_scale, label_logit, num_chunks, online_init,
                      online_update, row_loss, softcap)
 
 

@@ -1,4 +1,4 @@
-"""torch fast paths for the dense losses (method and formulas: ``_fast.py``).
+"""torch fast paths for the dense losses (method and formulas: ``xent._kernels.table``).
 
 One private ``torch.autograd.Function`` carries every loss: its forward runs a
 *kernel* that returns the per-element loss and, when a gradient is needed, the
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _fast as F
+from . import rows as F
 
 _LOCK = threading.Lock()
 _INF = float("inf")
@@ -88,7 +88,7 @@ class _Fused(torch.autograd.Function):
             raise RuntimeError(
                 "xent's fused loss was differentiated twice; its gradient buffer is reused "
                 "in place (call backward once, or disable the fast path with "
-                "xent._fast.disabled())")
+                "xent._kernels.table.disabled())")
         ctx.grad = None
         gl = grad_loss.reshape(grad_loss.shape + (1,) * (g.dim() - grad_loss.dim()))
         if g.dtype == gl.dtype:

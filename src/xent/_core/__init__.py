@@ -1,0 +1,1 @@
+"""Backends, argument checks and reductions: the layer every loss stands on (imports nothing above it)."""
