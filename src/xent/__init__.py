@@ -7,6 +7,7 @@ library, device and dtype. See ``shared/API.md`` for the contract and
 """
 
 from . import samplers
+from ._core.checks import value_checks
 from .choose import Equivalents, Finding, Recommendation, check, choose, equivalents
 from .linear import linear_cross_entropy
 from .sampled import nce_loss, sampled_softmax_loss
@@ -30,4 +31,5 @@ __all__ = [
     "sigmoid_cross_entropy",
     "softmax_cross_entropy",
     "sparse_softmax_cross_entropy",
+    "value_checks",
 ]

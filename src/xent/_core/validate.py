@@ -1,9 +1,11 @@
 """Argument checks and their messages.
 
 Every check names the argument, what was expected and what came. Checks that
-need concrete values (label ranges, probabilities in [0, 1]) run in eager mode
-only: under ``jax.jit`` and ``jax.vmap`` the values are unknown and the check is
-skipped (an eager ``jax.grad`` or torch autograd still checks).
+need values (label ranges, probabilities in [0, 1]) follow
+``xent.value_checks`` (:mod:`xent._core.checks`): they raise, queue a
+device-side assertion, or are skipped; under ``jax.jit`` and ``jax.vmap`` the
+values are unknown and the check is skipped (an eager ``jax.grad`` or torch
+autograd still checks).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import checks
 from .backend import Backend, backend_of, describe, library_of
 
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
@@ -138,8 +141,22 @@ def eager(be: Backend, *arrays: Any) -> bool:
 
 
 def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str = "") -> None:
-    """Values of ``x`` in [low, high] (NaN passes), eager only."""
-    if not eager(be, x) or int(np.prod(shape_of(x))) == 0:
+    """Values of ``x`` in [low, high] (NaN passes), as ``xent.value_checks`` says.
+
+    "raise" reads the values and names the first bad position; "async" queues
+    a device-side assertion (torch) and reads nothing; "off" does nothing.
+    """
+    if int(np.prod(shape_of(x))) == 0:
+        return
+    mode = checks.mode_for(be, x)
+    if mode == "off":
+        return
+    if mode == "async":
+        bad = (x < low) | (x > high)
+        checks.assert_async(be, ~bad.any(), f"xent: {name} must be in [{low:g}, {high:g}]"
+                            + (f"; {hint}" if hint else ""))
+        return
+    if not eager(be, x):
         return
     with be.eager_scope():
         x = be.concrete(x)
@@ -154,8 +171,21 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
 
 def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
                   name: str = "labels") -> None:
-    """Integer labels in [0, num_classes) or equal to ``ignore_index``, eager only."""
-    if not eager(be, labels) or int(np.prod(shape_of(labels))) == 0:
+    """Integer labels in [0, num_classes) or equal to ``ignore_index`` (see :func:`in_range`)."""
+    if int(np.prod(shape_of(labels))) == 0:
+        return
+    mode = checks.mode_for(be, labels)
+    if mode == "off":
+        return
+    extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    if mode == "async":
+        bad = (labels < 0) | (labels >= num_classes)
+        if ignore_index is not None:
+            bad = bad & (labels != ignore_index)
+        checks.assert_async(be, ~bad.any(),
+                            f"xent: {name} must be class indices in [0, {num_classes}){extra}")
+        return
+    if not eager(be, labels):
         return
     with be.eager_scope():
         labels = be.concrete(labels)
@@ -166,7 +196,6 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
             return
         pos = be.first_true(bad)
         value = int(be.host(labels[pos]))
-    extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
     raise ValueError(
         f"{name} must be class indices in [0, {num_classes}){extra}, "
         f"got {value} at position {pos}"

@@ -14,7 +14,9 @@ concurrent calls from several user threads run one at a time through this
 section rather than fight over the setting.
 
 Falls back (returns None) when: the logits are not contiguous with classes
-last, empty, under a ``torch.func`` transform, or when a gradient would be
+last, fewer than ``MIN_FUSED_ELEMENTS``, under ``torch.compile`` (which
+traces the plain composition instead: same values and gradients, no graph
+break) or a ``torch.func`` transform, or when a gradient would be
 needed for an argument this path does not differentiate (class weights,
 probability labels, ``pos_weight``).
 """
@@ -25,7 +27,7 @@ import threading
 from contextlib import contextmanager
 
 import torch
-from torch.autograd.function import once_differentiable
+import numpy as np
 
 from . import rows as F
 
@@ -61,43 +63,67 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+#: Below this many logits the fused path is not taken: the plain composition
+#: (a handful of torch operators) costs less than the chunked kernel's fixed
+#: per-call work there.
+MIN_FUSED_ELEMENTS = 1 << 16
+
+
 def _usable(z: torch.Tensor, *others) -> bool:
+    if torch.compiler.is_compiling():
+        # torch.compile traces the plain composition (Inductor fuses it); the
+        # chunked kernel, its threads and its in-place buffers are eager-only
+        return False
     functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
     if functorch is not None and functorch():
         return False
-    if z.dim() == 0 or z.numel() == 0 or not z.is_contiguous():
+    if z.dim() == 0 or z.numel() < max(1, MIN_FUSED_ELEMENTS) or not z.is_contiguous():
         return False
     grad = torch.is_grad_enabled()
     return not any(o is not None and grad and o.requires_grad for o in others)
 
 
 class _Fused(torch.autograd.Function):
-    """Loss from ``kernel(z2, True)``; the gradient buffer it returns is the backward."""
+    """Loss from ``kernel(z2, True)``; the gradient buffer it returns is the backward.
+
+    ``plain(z2)`` is the same per-element loss as a differentiable composition
+    of torch operators. The backward uses it when it must itself be
+    differentiable (``create_graph=True``: Hessians, double backward), so
+    higher-order gradients are exact. The first backward scales the stored
+    buffer in place; a later one (``retain_graph=True``, ``jacobian``) runs the
+    kernel again on the saved logits, so every backward gives the same exact
+    gradient. No backward reads a value on the host.
+    """
 
     @staticmethod
-    def forward(ctx, z2, kernel):
+    def forward(ctx, z2, kernel, plain):
         loss, grad, scale = kernel(z2, True)
-        ctx.grad, ctx.scale = grad, scale
+        ctx.grad, ctx.scale, ctx.kernel, ctx.plain = grad, scale, kernel, plain
+        ctx.save_for_backward(z2)
         return loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss):
-        g = ctx.grad
-        if g is None:
-            raise RuntimeError(
-                "xent's fused loss was differentiated twice; its gradient buffer is reused "
-                "in place (call backward once, or disable the fast path with "
-                "xent._kernels.table.disabled())")
+        (z2,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: a gradient that is itself differentiable (in
+            # the logits and in grad_loss), from the plain composition
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(ctx.plain(z2), z2, grad_loss, create_graph=True)
+            return g, None, None
+        g, scale = ctx.grad, ctx.scale
         ctx.grad = None
+        if g is None:  # a second backward of the same graph: compute the buffer again
+            with torch.no_grad():
+                _, g, scale = ctx.kernel(z2, True)
         gl = grad_loss.reshape(grad_loss.shape + (1,) * (g.dim() - grad_loss.dim()))
         if g.dtype == gl.dtype:
             # the forward pass stored scale * dl/dz: an unweighted mean needs no
             # further pass over the gradient
-            if ctx.scale != 1.0 and bool((grad_loss == ctx.scale).all()):
-                return g, None
-            g.mul_(gl if ctx.scale == 1.0 else gl / ctx.scale)
-            return g, None
+            if _uniform_equal(grad_loss, scale):
+                return g, None, None
+            g.mul_(gl if scale == 1.0 else gl / scale)
+            return g, None, None
         # 16-bit gradient: multiply in float32 a chunk of rows at a time (a
         # whole-tensor mixed-dtype product would make a float32 temporary)
         R = _chunk_rows(g)
@@ -110,7 +136,25 @@ class _Fused(torch.autograd.Function):
 
         with _threads(g) as n:
             F.run_blocks(g.shape[0], n, work)
-        return g, None
+        return g, None, None
+
+
+def _uniform_equal(t: torch.Tensor, value: float) -> bool:
+    """True when every entry of ``t`` is ``value``, decided without a host sync.
+
+    Only a CPU tensor that is one value broadcast (all strides 0, what the
+    backward of a sum or mean brings) is looked at, through NumPy on its
+    memory (no torch operator, so nothing to dispatch or synchronise); anything
+    else answers False and the caller multiplies.
+    """
+    if t.device.type != "cpu" or t.requires_grad or any(st != 0 for st in t.stride()):
+        return False
+    if t.dtype not in (torch.float32, torch.float64):
+        return False
+    try:
+        return float(t.detach().numpy().flat[0]) == value
+    except (RuntimeError, TypeError):  # pragma: no cover - e.g. a tensor subclass
+        return False
 
 
 _HUGE = 2 << 20
@@ -146,9 +190,9 @@ def _empty_like(z: torch.Tensor, dtype=None) -> torch.Tensor:
     return out
 
 
-def _apply(z2: torch.Tensor, kernel) -> torch.Tensor:
+def _apply(z2: torch.Tensor, kernel, plain) -> torch.Tensor:
     if torch.is_grad_enabled() and z2.requires_grad:
-        return _Fused.apply(z2, kernel)
+        return _Fused.apply(z2, kernel, plain)
     return kernel(z2, False)[0]
 
 
@@ -164,7 +208,10 @@ def _grad_prescale(grad, cd, n_elements: int) -> float:
     """
     if grad is None or grad.dtype != cd or n_elements == 0:
         return 1.0
-    return float(torch.ones((), dtype=cd) / n_elements)
+    # 1 / n rounded to the compute dtype, as torch's mean backward computes it
+    # (NumPy on the host: no device value is read)
+    one = np.float64(1.0) if cd == torch.float64 else np.float32(1.0)
+    return float(one / one.dtype.type(n_elements))
 
 
 class _Buffers:
@@ -291,7 +338,38 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
             a_dot = a_dot + sc * SZ[:, 0]
         return F.row_loss(log_s, M[:, 0] + log_s, a_sum, a_dot, zl), grad, g
 
-    return _apply(z2, kernel).reshape(z.shape[:-1])
+    def plain(z2):
+        a = torch.zeros(z2.shape, dtype=cd, device=z2.device)
+        if s != 0.0:
+            a += sc if cw is None else sc * cw
+        on_col = on.reshape(-1, 1).to(cd) if isinstance(on, torch.Tensor) else torch.full(
+            (N, 1), on, dtype=cd, device=z2.device)
+        a.scatter_add_(1, t2, on_col)
+        return _plain_rows(z2.to(cd), a, k1, zl)
+
+    return _apply(z2, kernel, plain).reshape(z.shape[:-1])
+
+
+def _plain_rows(z, a, keep, zl):
+    """``-sum_c a_c log p_c + z_loss lse**2`` per row, by differentiable torch operators.
+
+    The reference form of the kernels' row formula (for higher-order
+    gradients): dropped rows have their logits zeroed (their loss is weighted
+    by 0 afterwards, and no gradient reaches them), terms with ``a_c == 0``
+    count 0 even where ``log p_c = -inf``.
+    """
+    if keep is not None:
+        z = torch.where(keep[:, None], z, torch.zeros_like(z))
+    m = torch.amax(z, 1, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    zs = z - m
+    lse_s = torch.logsumexp(zs, 1, keepdim=True)
+    logp = zs - lse_s
+    logp = torch.where((a == 0) & torch.isinf(logp), torch.zeros_like(logp), logp)
+    loss = -(a * logp).sum(1)
+    if zl != 0.0:
+        loss = loss + zl * (lse_s + m)[:, 0] ** 2
+    return loss
 
 
 def _run_chunks(z2, cd, grad, chunk):
@@ -364,7 +442,17 @@ def dense_loss(z, y, cw, keep, s, zl):
         log_s = torch.log(S[:, 0])
         return F.row_loss(log_s, M[:, 0] + log_s, A[:, 0], D[:, 0], zl), grad, g
 
-    return _apply(z2, kernel).reshape(z.shape[:-1])
+    def plain(z2):
+        a = y2.to(cd)
+        if s != 0.0:
+            a = a * (1.0 - s) + sc
+        if cw is not None:
+            a = a * cw
+        if k1 is not None:
+            a = torch.where(k1[:, None], a, torch.zeros_like(a))
+        return _plain_rows(z2.to(cd), a, k1, zl)
+
+    return _apply(z2, kernel, plain).reshape(z.shape[:-1])
 
 
 def _safe_product(w, v):
@@ -413,20 +501,18 @@ def sigmoid_loss(z, y, pw, keep, s):
             lc = loss[r0:r1]
             torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
             t = bufs.get("t", n)
-            if bool(torch.isfinite(zc.sum())):  # cheaper than isfinite(zc).all()
-                # pos softplus(-z) + neg softplus(z)
-                #   = (pos + neg) log1p(exp(-|z|)) + pos max(-z, 0) + neg max(z, 0):
-                # a sum of non-negative terms, so no cancellation (PyTorch's
-                # neg z + softplus(-z) loses all digits of a small loss at z << 0)
-                if lw is not None:
-                    lc.mul_(lw)
-                lc.addcmul_(neg, torch.clamp(zc, min=0, out=t))
-                lc.addcmul_(pos, torch.clamp(zc, max=0, out=t), value=-1.0)
-            else:
-                # infinite logits: each term on its own, 0 where its weight is 0
-                sp = torch.log1p(e).add_(torch.clamp(zc, min=0))        # softplus(z)
-                lc.sub_(torch.clamp(zc, max=0, out=t))                  # softplus(-z)
-                lc.copy_(_safe_product(pos, lc) + _safe_product(neg, sp))
+            # pos softplus(-z) + neg softplus(z)
+            #   = (pos + neg) log1p(exp(-|z|)) + pos max(-z, 0) + neg max(z, 0):
+            # a sum of non-negative terms, so no cancellation (PyTorch's
+            # neg z + softplus(-z) loses all digits of a small loss at z << 0).
+            # An infinite logit whose weight is 0 makes 0 * inf = NaN in its
+            # term, which is set to 0 (no data-dependent branch: no host read)
+            if lw is not None:
+                lc.mul_(lw)
+            torch.clamp(zc, min=0, out=t).mul_(neg).nan_to_num_(0.0, _INF, -_INF)
+            lc.add_(t)
+            torch.clamp(zc, max=0, out=t).mul_(pos).nan_to_num_(0.0, _INF, -_INF)
+            lc.sub_(t)
             if grad is None:
                 return None
             # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
@@ -441,4 +527,18 @@ def sigmoid_loss(z, y, pw, keep, s):
         _run_chunks(z2, cd, grad, chunk)
         return loss, grad, g
 
-    return _apply(z2, kernel).reshape(z.shape)
+    def plain(z2):
+        zc = z2.to(cd)
+        pos = y2.to(cd)
+        if k2 is not None:
+            zc = torch.where(k2, zc, torch.zeros_like(zc))
+            pos = torch.where(k2, pos, torch.zeros_like(pos))
+        if s != 0.0:
+            pos = pos * (1.0 - s) + 0.5 * s
+        neg = 1.0 - pos
+        if pw is not None:
+            pos = pos * pw
+        sp = torch.nn.functional.softplus
+        return _safe_product(pos, sp(-zc)) + _safe_product(neg, sp(zc))
+
+    return _apply(z2, kernel, plain).reshape(z.shape)

@@ -1,0 +1,146 @@
+"""``xent.value_checks``: whether checks on *values* raise, run on the device, or are skipped.
+
+Shape and dtype checks always run (they read metadata only). Checks on values
+(label ranges, negative weights, probabilities in [0, 1]) need the values, and
+reading a device array's values on the host stalls the device. The mode says
+what to do:
+
+* ``"raise"``: read the values and raise a ``ValueError`` naming the first
+  offending position;
+* ``"async"``: never copy a value to the host. torch queues a device-side
+  assertion (``torch._assert_async``: the error surfaces at the next
+  synchronisation), TensorFlow an in-graph assertion, JAX skips the check;
+* ``"off"``: skip the checks.
+
+Default (no mode set): ``"raise"`` for arrays in host memory (NumPy, torch and
+JAX CPU arrays), ``"async"`` for arrays on an accelerator. While tracing
+(``jax.jit`` / ``jax.vmap``, ``torch.compile``, ``tf.function``) ``"raise"``
+becomes the in-graph kind: ``"async"`` for torch and TensorFlow, skipped for
+JAX; so a traced function never breaks its graph for a check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MODES = ("raise", "async", "off")
+
+# None: the per-array default described in the module docstring.
+_MODE: str | None = None
+
+
+class value_checks:
+    """Set how value checks run: ``"raise"``, ``"async"`` or ``"off"``.
+
+    Calling it sets the mode for the whole process; used as a context manager
+    it also restores the previous mode (the default included) on exit.
+    ``value_checks(None)`` goes back to the default: ``"raise"`` for arrays in
+    host memory, ``"async"`` for arrays on an accelerator.
+
+    * ``"raise"``: read the values and raise ``ValueError`` naming the first
+      bad position (one host read per check);
+    * ``"async"``: never read a value on the host: torch queues
+      ``torch._assert_async`` (a ``RuntimeError`` at the next device
+      synchronisation; on the CPU at once), TensorFlow an in-graph assertion,
+      JAX skips the check;
+    * ``"off"``: no value checks.
+
+    Under tracing (``jax.jit``, ``torch.compile``, ``tf.function``) checks are
+    in-graph (torch, TensorFlow) or skipped (JAX): never a graph break.
+
+    Example:
+      >>> import numpy as np, xent
+      >>> with xent.value_checks("off"):
+      ...     print(xent.value_checks.current())
+      off
+      >>> xent.value_checks.current() is None   # back to the default
+      True
+      >>> xent.sigmoid_cross_entropy(np.zeros(2), np.array([0.0, 2.0]))
+      Traceback (most recent call last):
+      ...
+      ValueError: labels must be in [0, 1], got 2 at position (1,); sigmoid labels are probabilities of the positive class
+    """
+
+    def __init__(self, mode: str | None) -> None:
+        global _MODE
+        if mode is not None and mode not in MODES:
+            raise ValueError(
+                f"value_checks mode must be one of {', '.join(repr(m) for m in MODES)} or None, "
+                f"got {mode!r}")
+        self._previous = _MODE
+        self.mode = mode
+        _MODE = mode
+
+    def __enter__(self) -> "value_checks":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _MODE
+        _MODE = self._previous
+
+    def __repr__(self) -> str:
+        return f"value_checks({self.mode!r})"
+
+    @staticmethod
+    def current() -> str | None:
+        """The mode set by the user, or None for the per-array default."""
+        return _MODE
+
+
+def _torch_compiling() -> bool:
+    import torch
+
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def _on_host(name: str, x: Any) -> bool:
+    if name == "numpy":
+        return True
+    if name == "torch":
+        return x.device.type == "cpu"
+    if name == "jax":
+        try:
+            return all(d.platform == "cpu" for d in x.devices())
+        except Exception:  # a tracer: no devices to ask
+            return True
+    device = getattr(x, "device", "") or ""
+    return "GPU" not in str(device) and "TPU" not in str(device)
+
+
+def _tracing(name: str, be: Any, x: Any) -> bool:
+    if name == "torch":
+        if _torch_compiling():
+            return True
+        import torch
+
+        functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
+        return bool(functorch is not None and functorch())
+    return not be.is_concrete(x)
+
+
+def mode_for(be: Any, x: Any) -> str:
+    """The effective mode for a check on ``x`` (of backend ``be``): "raise", "async" or "off".
+
+    Never reads a value. For JAX, "async" means skip; under tracing "raise"
+    becomes "async" (torch, TensorFlow: an in-graph assertion) or "off" (JAX).
+    """
+    name = be.name
+    mode = _MODE
+    if mode == "off":
+        return "off"
+    if mode is None:
+        mode = "raise" if _on_host(name, x) else "async"
+    if mode == "raise" and _tracing(name, be, x):
+        mode = "async"
+    if mode == "async" and name in ("jax", "numpy"):
+        return "off" if name == "jax" else "raise"
+    if mode == "async" and name == "torch" and _tracing(name, be, x) and not _torch_compiling():
+        return "off"  # torch.func transforms: no data-dependent assertion there
+    return mode
+
+
+def assert_async(be: Any, ok: Any, message: str) -> None:
+    """Queue a device-side assertion that the boolean scalar ``ok`` holds (torch)."""
+    if be.name == "torch":
+        be.torch._assert_async(ok, message)
