@@ -13,6 +13,10 @@ The vocabulary is walked in chunks of ``chunk`` columns; one reused buffer
   ``sample_weight`` gradients are plain autograd of :mod:`xent._core.reduce` on
   the per-row output): the last chunk from the kept buffer, the others
   recomputed; per chunk ``dX += dz W_c`` and ``dW_c = dz^T x``, written once.
+  A second backward of the same graph (``retain_graph=True``) recomputes
+  every chunk. A backward with ``create_graph=True`` (double backward,
+  Hessians) differentiates the plain ``[N, V]`` composition instead, so
+  higher-order gradients are exact (and cost the naive memory).
 
 Every product has two large dimensions (``N`` and ``D`` or ``chunk``), which
 is what CPU and GPU matrix kernels need: walking the tokens instead (the
@@ -33,7 +37,7 @@ import array_api_compat.torch as xpt
 import numpy as np
 import torch
 
-from .linear_rows import Opts, grad_scale, label_logit, row_loss
+from .linear_rows import Opts, grad_scale, label_logit, row_loss, softcap
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -146,6 +150,23 @@ def _backward(x, W, b, t, w_t, cw, lse, g, o: Opts, need, last):
             None if db is None else db.to(b.dtype))
 
 
+def _plain_rows(x, W, b, t, w_t, cw, o: Opts):
+    """The per-row loss as a differentiable composition over the whole ``[N, V]`` logits."""
+    cdt = torch.float32 if x.dtype in _LOW else x.dtype
+    z = x.to(cdt) @ W.to(cdt).T
+    if b is not None:
+        z = z + b.to(cdt)
+    if o.softcap is not None:
+        z = softcap(xpt, z, o)
+    lse = torch.logsumexp(z, 1)
+    zt = z.gather(1, t.reshape(-1, 1).long())[:, 0]
+    sm = None
+    if o.smoothing:
+        sm = z.sum(1) if cw is None else torch.where(cw != 0, z, 0.0) @ cw
+    S = float(o.num_classes) if cw is None else cw.sum()
+    return row_loss(lse, zt, sm, lse, 1.0 if w_t is None else w_t, S, o)
+
+
 class _LinearCE(torch.autograd.Function):
     """Per-row loss of the linear classifier; see the module docstring."""
 
@@ -161,6 +182,15 @@ class _LinearCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         x, W, b, t, w_t, cw, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiable gradients from the plain
+            # composition (it holds the [N, V] logits: higher order only)
+            inputs = [v for v, n in zip((x, W, b), ctx.need) if n]
+            with torch.enable_grad():
+                grads = iter(torch.autograd.grad(_plain_rows(x, W, b, t, w_t, cw, ctx.o),
+                                                 inputs, g, create_graph=True))
+            out = tuple(next(grads) if n else None for n in ctx.need)
+            return (*out, None, None, None, None)
         last, ctx.last = ctx.last, None  # consumed in place; a second backward recomputes
         grads = _backward(x, W, b, t, w_t, cw, lse, g, ctx.o, ctx.need, last)
         return (*grads, None, None, None, None)
