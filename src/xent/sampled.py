@@ -151,7 +151,8 @@ def _sampled_terms(be: Backend, kind: str, x, W, b, t, sample, T: int, cdt, sw,
         true_logits = true_logits - xp.log(te)
         shift = -xp.log(se) if shift is None else shift - xp.log(se)
     ws = rows[N * T:]
-    if be.name == "torch" and _FUSED_TORCH:
+    if be.name == "torch" and _FUSED_TORCH and not be.torch.compiler.is_compiling():
+        # (torch.compile traces the plain composition below: no graph break)
         return true_logits, _torch_sampled_columns(kind, x, ws, shift, t, ids,
                                                    remove_accidental_hits, unique_ids)
     z = xp.matmul(x, ws.T)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import numpy as np
 
 from . import validate as V
@@ -88,11 +90,11 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = int(np.prod(V.shape_of(loss)))
+                den = math.prod(V.shape_of(loss))
             out = _safe_divide(be, total, den)
         elif reduction == "sum_over_batch_size":
-            den = _count(be, valid, loss.dtype) if valid is not None else int(
-                np.prod(V.shape_of(loss)))
+            den = _count(be, valid, loss.dtype) if valid is not None else (
+                math.prod(V.shape_of(loss)))
             out = _safe_divide(be, total, den)
         elif reduction == "sum_by_nonzero_weights":
             w = norm if norm is not None else sample_weight
@@ -101,7 +103,7 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = int(np.prod(V.shape_of(loss)))
+                den = math.prod(V.shape_of(loss))
             out = _safe_divide(be, total, den)
         else:  # pragma: no cover - validated by the caller
             raise ValueError(reduction)

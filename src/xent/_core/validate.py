@@ -146,7 +146,7 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
     "raise" reads the values and names the first bad position; "async" queues
     a device-side assertion (torch) and reads nothing; "off" does nothing.
     """
-    if int(np.prod(shape_of(x))) == 0:
+    if math.prod(shape_of(x)) == 0:
         return
     mode = checks.mode_for(be, x)
     if mode == "off":
@@ -172,7 +172,7 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
 def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
                   name: str = "labels") -> None:
     """Integer labels in [0, num_classes) or equal to ``ignore_index`` (see :func:`in_range`)."""
-    if int(np.prod(shape_of(labels))) == 0:
+    if math.prod(shape_of(labels)) == 0:
         return
     mode = checks.mode_for(be, labels)
     if mode == "off":
