@@ -262,4 +262,7 @@ def test_modules_compile_fullgraph(make, args):
 
 def test_import_xent_does_not_import_torch():
     code = "import sys, xent; assert 'torch' not in sys.modules; import xent.torch; assert 'torch' in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    import os
+    src = os.path.dirname(os.path.dirname(xent.__file__))
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
