@@ -266,3 +266,34 @@ def test_import_xent_does_not_import_torch():
     src = os.path.dirname(os.path.dirname(xent.__file__))
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.mark.parametrize("cls,binary", [(xt.CrossEntropyLoss, False), (xt.BCEWithLogitsLoss, True)])
+def test_float16_matches_torch_in_float32_and_keeps_dtype(cls, binary):
+    g = torch.Generator().manual_seed(2)
+    x = (3 * torch.randn(6, 5, generator=g)).half()
+    t = torch.rand(6, 5, generator=g).half() if binary else torch.tensor([0, 1, 2, 3, 4, -100])
+    ours = cls()(x, t)
+    assert ours.dtype == torch.float16
+    ref_cls = torch.nn.BCEWithLogitsLoss if binary else torch.nn.CrossEntropyLoss
+    ref = ref_cls()(x.float(), t.float() if binary else t)
+    torch.testing.assert_close(ours.float(), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_bad_target_shape_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="target"):
+        xt.CrossEntropyLoss()(torch.randn(4, 3), torch.rand(4, 2))
+    with pytest.raises(ValueError, match="weight"):
+        xt.LinearCrossEntropyLoss(3, 5, weight=torch.ones(4))
+
+
+def test_ignored_rows_with_nan_logits_contribute_nothing():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x[1] = float("nan")
+    x.requires_grad_(True)
+    t = torch.tensor([0, -100, 3])
+    out = xt.CrossEntropyLoss()(x, t)
+    ref = torch.nn.functional.cross_entropy(x.detach()[[0, 2]], t[[0, 2]])
+    torch.testing.assert_close(out.detach(), ref)
+    (g,) = torch.autograd.grad(out, x)
+    assert torch.all(g[1] == 0) and torch.isfinite(g).all()
