@@ -297,3 +297,18 @@ def test_ignored_rows_with_nan_logits_contribute_nothing():
     torch.testing.assert_close(out.detach(), ref)
     (g,) = torch.autograd.grad(out, x)
     assert torch.all(g[1] == 0) and torch.isfinite(g).all()
+
+
+def test_sampled_softmax_example_reaches_full_softmax_quality():
+    """examples/sampled_softmax_module.py, shrunk: eval loss within 10% of full-softmax training."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "sampled_softmax_module.py")
+    spec = importlib.util.spec_from_file_location("sampled_softmax_module", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(["--steps", "40", "--classes", "1000", "--num-sampled", "128",
+                    "--batch", "32", "--eval-size", "512"])
+    assert res["eval_sampled"] < 1.10 * res["eval_full"]
+    assert res["eval_full"] < 0.8 * np.log(1000)  # it learned something
