@@ -16,6 +16,15 @@ from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # ``xent.torch`` (PyTorch modules) loads on first use, so ``import xent`` never imports torch.
+    if name == "torch":
+        import importlib
+
+        return importlib.import_module(".torch", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "Equivalents",
     "Finding",
