@@ -19,13 +19,27 @@ import numpy as np
 from jax import lax
 
 
-def _sums(parts_fn, m_loc, S_loc, axis):
+def _varying(a, axis):
+    """``a`` typed as varying over ``axis`` (the scan carry must match its body's output)."""
+    if hasattr(lax, "pcast"):
+        return lax.pcast(a, (axis,), to="varying")
+    if hasattr(lax, "pvary"):  # pragma: no cover - older JAX
+        return lax.pvary(a, (axis,))
+    return a  # pragma: no cover
+
+
+def _sums(parts_fn, m_loc, S_loc, axis, slots):
+    """pmax of the row maxima, then one psum of the stacked sums, ``S`` and the layout slots."""
     m = lax.pmax(lax.stop_gradient(m_loc), axis)
     m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
     parts = parts_fn(m)
-    flat = jnp.concatenate([jnp.stack(parts).reshape(-1), jnp.reshape(S_loc, (1,))])
+    k = len(parts)
+    flat = jnp.concatenate([jnp.stack(parts).reshape(-1), jnp.reshape(S_loc, (1,)),
+                            lax.stop_gradient(slots.astype(S_loc.dtype))])
     flat = lax.psum(flat, axis)
-    return m, flat[:-1].reshape(len(parts), -1), flat[-1]
+    n = m.shape[0]
+    layout_ok = jnp.all(flat[k * n + 1:] == 1.0)
+    return m, flat[:k * n].reshape(k, -1), flat[k * n], layout_ok
 
 
 def _finish(m, tot, S, s, zl, nv, has_cw):
@@ -50,13 +64,15 @@ def rows(kind, arrays, t, keep, cw, vocab_start, axis, s, zl, n, vl, cdt, extra)
     nv = size * vl
     me = lax.axis_index(axis)
     start_default = me * vl
-    layout_ok = True
     if vocab_start is None:
         start = start_default
+        slots = jnp.zeros((0,))
     else:
+        # every block [k vl, (k + 1) vl) claimed exactly once: a one-hot per shard, summed
+        # in the same psum as the row statistics
         start = jnp.asarray(vocab_start, jnp.int32)
-        starts = lax.all_gather(start, axis)
-        layout_ok = jnp.all(jnp.sort(starts) == jnp.arange(size, dtype=jnp.int32) * vl)
+        slot = jnp.where(start % vl == 0, start // vl, -1)
+        slots = (jnp.arange(size) == slot).astype(jnp.float32)
     t2 = jnp.reshape(t, (n,)).astype(jnp.int32)
     k2 = None if keep is None else jnp.reshape(keep, (n,))
     bad = (t2 < 0) | (t2 >= nv)
@@ -85,7 +101,7 @@ def rows(kind, arrays, t, keep, cw, vocab_start, axis, s, zl, n, vl, cdt, extra)
                 out.append(jnp.where(w == 0, 0.0, zc - m[:, None]) @ w)
             return out
 
-        m, tot, S = _sums(parts, m_loc, S_loc, axis)
+        m, tot, S, layout_ok = _sums(parts, m_loc, S_loc, axis, slots)
     else:
         x2, W, b = arrays[1], arrays[2], arrays[3]
         if k2 is not None:
@@ -121,8 +137,7 @@ def rows(kind, arrays, t, keep, cw, vocab_start, axis, s, zl, n, vl, cdt, extra)
 
         zero = jnp.zeros((n,), cdt)
         init = (jnp.full((n,), low, cdt), zero, zero, jnp.zeros((), cdt))
-        init = jax.tree.map(lambda a: lax.pvary(a, (axis,)) if hasattr(lax, "pvary") else a,
-                            init)
+        init = jax.tree.map(lambda a: _varying(a, axis), init)
         (m_loc, se_loc, sm_loc, seen), _ = lax.scan(body, init, jnp.arange(nc))
         ut = jnp.sum(x2.astype(cdt) * W[tl].astype(cdt), axis=1) + bc[tl]
         if cap is not None:
@@ -136,9 +151,9 @@ def rows(kind, arrays, t, keep, cw, vocab_start, axis, s, zl, n, vl, cdt, extra)
                 out.append(sm_loc - seen * (mg - m_loc))
             return out
 
-        m, tot, S = _sums(parts, m_loc, S_loc, axis)
+        m, tot, S, layout_ok = _sums(parts, m_loc, S_loc, axis, slots)
     loss, wt = _finish(m, tot, S, s, zl, nv, cwc is not None)
     if k2 is not None:
         loss = jnp.where(k2, loss, 0.0)
-    loss = jnp.where(bad | ~jnp.asarray(layout_ok), jnp.nan, loss)
+    loss = jnp.where(bad | ~layout_ok, jnp.nan, loss)
     return loss, wt
