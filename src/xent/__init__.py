@@ -15,6 +15,15 @@ from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):  # xent.parallel on first use: `import xent` imports no torch or jax
+    if name == "parallel":
+        import importlib
+
+        return importlib.import_module(".parallel", __name__)
+    raise AttributeError(f"module 'xent' has no attribute {name!r}")
+
+
 __all__ = [
     "Equivalents",
     "Finding",
