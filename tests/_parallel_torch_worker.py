@@ -312,8 +312,11 @@ def run_data_parallel(ck, torch, dist, xent, rank, world):
     ref.backward()
     singles = [dist.new_group([r]) for r in range(world)]
     mine = data[rank]
-    norm = sum(P.count(torch.tensor(t), ignore_index=-100, class_weight=torch.tensor(cw))
-               for _, t in mine)  # all-reduced over the default group
+    local = P.count(torch.tensor(mine[0][1]), ignore_index=-100, class_weight=torch.tensor(cw))
+    want_local = float(((mine[0][1] >= 0) * cw[np.where(mine[0][1] < 0, 0, mine[0][1])]).sum())
+    ck.close("dp/count-local-without-group", local, want_local)
+    norm = sum(P.count(torch.tensor(t), ignore_index=-100, class_weight=torch.tensor(cw),
+                       group=dist.group.WORLD) for _, t in mine)  # summed over the ranks
     total = 0.0
     grads = []
     offset = sum(z.shape[0] for mbs in data[:rank] for z, _ in mbs)

@@ -100,3 +100,38 @@ def test_errors_name_the_argument():
 
     with pytest.raises(TypeError, match="torch tensors"):
         P.vocab_parallel_cross_entropy(np.zeros((2, 3)), np.array([0, 1]))
+
+
+def test_import_xent_parallel_is_lazy():
+    code = ("import sys, xent; assert 'torch' not in sys.modules and 'jax' not in sys.modules; "
+            "p = xent.parallel; assert 'torch' not in sys.modules and 'jax' not in sys.modules; "
+            "print(p.count.__name__)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "count", out.stderr
+
+
+def test_count_under_tf_distribute_sums_replicas():
+    pytest.importorskip("tensorflow")
+    code = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from xent import parallel as P
+assert float(P.count(tf.constant([1, -100, 2]), ignore_index=-100)) == 2.0
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+@tf.function
+def f():
+    ctx = tf.distribute.get_replica_context()
+    n = tf.cast(ctx.replica_id_in_sync_group, tf.int32) + 1  # 1 valid label on replica 0, 2 on 1
+    t = tf.where(tf.range(3) < n, 5, -100)
+    return P.count(t, ignore_index=-100)
+got = strategy.run(f)
+print(sorted(float(v) for v in strategy.experimental_local_results(got)))
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[3.0, 3.0]"

@@ -743,8 +743,8 @@ def count(labels: Any, /, *, ignore_index: int | None = None, sample_weight: Any
 
     ``n_i = sample_weight_i * class_weight[label_i]`` (1 without weights, 0 for
     ``ignore_index``): the ``"mean"`` denominator of every xent loss. Summed
-    over the torch ``group`` (an all-reduce; with ``group=None`` the default
-    group when torch.distributed is initialized), over ``axis_name`` (a
+    over the torch ``group`` (an all-reduce; pass ``torch.distributed.group.WORLD``
+    for the default group), over ``axis_name`` (a
     ``psum`` inside ``jax.shard_map``), or over the replicas in a
     ``tf.distribute`` replica context; otherwise the local count. Pass the
     sum over the micro-batches of one step as ``normalizer=`` to the losses:
@@ -756,7 +756,8 @@ def count(labels: Any, /, *, ignore_index: int | None = None, sample_weight: Any
       ignore_index: label value that counts 0.
       sample_weight: per-element weights broadcastable to ``[...]``.
       class_weight: the full ``[V]`` class weights.
-      group: torch process group; axis_name: JAX mesh axis name.
+      group: torch process group (None: no reduction, the local count);
+        axis_name: JAX mesh axis name.
 
     Returns:
       A scalar of the labels' library: float32, or the weights' floating dtype.
@@ -810,7 +811,7 @@ def count(labels: Any, /, *, ignore_index: int | None = None, sample_weight: Any
     if be.name == "torch":
         import torch.distributed as dist
 
-        if group is not None or (dist.is_available() and dist.is_initialized()):
+        if group is not None:
             total = total.clone()
             dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
     elif group is not None:
