@@ -37,7 +37,7 @@ def test_shard_map_vocab_parallel_and_batch_sharded_losses():
     out = proc.stdout.decode().strip().splitlines()
     assert proc.returncode == 0 and out, proc.stderr.decode()[-3000:]
     res = json.loads(out[-1])
-    assert res["checks"] >= 30, res
+    assert res["checks"] >= 30, res  # 36 at the time of writing
     assert not res["failures"], "\n".join(res["failures"])
 
 

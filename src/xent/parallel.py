@@ -41,9 +41,6 @@ from ._core import validate as V
 
 __all__ = ["count", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
-_REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
-
-
 # ---------------------------------------------------------------------------
 # options and the local reduction (mirrors xent._core.reduce; see the report)
 
@@ -291,8 +288,7 @@ def _torch_fns():
 
         @staticmethod
         def forward(ctx, x, W, b, tl, owner, cw, o, group, reduce_input_grad):  # noqa: D102
-            low = x.dtype in (torch.float16, torch.bfloat16)
-            cdt = torch.float32 if low else x.dtype
+            cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
             n = x.shape[0]
             vl = W.shape[0]
             cwc = None if cw is None else cw.to(cdt)
@@ -616,18 +612,14 @@ def vocab_parallel_cross_entropy(logits: Any, labels: Any, /, *, vocab_start: An
     are not checked; an out-of-range label makes its row NaN.
 
     Example (one process, a group of one; gloo on CPU):
-      >>> import os, torch, torch.distributed as dist, xent, xent.parallel
-      >>> os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-      '127.0.0.1'
-      >>> from torch.distributed import FileStore
-      >>> import tempfile; store = FileStore(tempfile.mktemp(), 1)
-      >>> g = None
-      >>> if not dist.is_initialized():
-      ...     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+      >>> import tempfile, torch, torch.distributed as dist, xent.parallel
+      >>> dist.init_process_group("gloo", store=dist.FileStore(tempfile.mktemp(), 1),
+      ...                         rank=0, world_size=1)
       >>> z = torch.tensor([[2.0, 0.0, -1.0]])
       >>> y = torch.tensor([0])
       >>> round(float(xent.parallel.vocab_parallel_cross_entropy(z, y)), 6)
       0.169846
+      >>> dist.destroy_process_group()
     """
     be, logits = V.float_array(logits, "logits")
     s, zl, red = _options(label_smoothing, z_loss, reduction, normalizer)
@@ -682,16 +674,16 @@ def vocab_parallel_linear_cross_entropy(inputs: Any, classifier: Any, labels: An
       ``[...]`` for ``"none"``, else a scalar, in the inputs' dtype.
 
     Example (one process, a group of one):
-      >>> import torch, torch.distributed as dist, xent, xent.parallel, tempfile
-      >>> if not dist.is_initialized():
-      ...     dist.init_process_group("gloo", store=dist.FileStore(tempfile.mktemp(), 1),
-      ...                             rank=0, world_size=1)
+      >>> import tempfile, torch, torch.distributed as dist, xent.parallel
+      >>> dist.init_process_group("gloo", store=dist.FileStore(tempfile.mktemp(), 1),
+      ...                         rank=0, world_size=1)
       >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
       >>> W = torch.tensor([[2.0, 0.0], [0.0, 0.0], [-1.0, 0.0]])
       >>> y = torch.tensor([0, 2])
       >>> loss = xent.parallel.vocab_parallel_linear_cross_entropy(x, W, y, reduction="sum")
       >>> round(float(loss), 6)
       1.268458
+      >>> dist.destroy_process_group()
     """
     be, x = V.float_array(inputs, "inputs")
     s, zl, red = _options(label_smoothing, z_loss, reduction, normalizer)
