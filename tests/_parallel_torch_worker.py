@@ -181,6 +181,55 @@ def run_dense(ck, torch, dist, xent, xp, rank, world):
     ck.close("leading-axes/value", out, ref.detach())
 
 
+class CountCollectives:
+    """Counts calls of torch.distributed's collectives inside a ``with`` block."""
+
+    NAMES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter")
+
+    def __init__(self, dist):
+        self.dist, self.calls, self.orig = dist, [], {}
+
+    def __enter__(self):
+        for name in self.NAMES:
+            fn = getattr(self.dist, name, None)
+            if fn is not None:
+                self.orig[name] = fn
+                setattr(self.dist, name, self._wrap(name, fn))
+        return self
+
+    def _wrap(self, name, fn):
+        def wrapped(*a, **k):
+            self.calls.append(name)
+            return fn(*a, **k)
+        return wrapped
+
+    def __exit__(self, *exc):
+        for name, fn in self.orig.items():
+            setattr(self.dist, name, fn)
+
+
+def run_collective_counts(ck, torch, dist, xent, rank, world):
+    """Forward: one all-gather and two all-reduces; backward: none (linear: the dx one)."""
+    from xent import parallel as P
+
+    z = torch.randn(4, 3, requires_grad=True)
+    t = torch.tensor([0, 1, 3 * world - 1, 2])
+    with CountCollectives(dist) as fwd:
+        loss = P.vocab_parallel_cross_entropy(z, t, label_smoothing=0.1, class_weight=torch.ones(3))
+    with CountCollectives(dist) as bwd:
+        loss.backward()
+    ck.true(f"counts/dense/forward {fwd.calls}",
+            sorted(fwd.calls) == ["all_gather", "all_reduce", "all_reduce"])
+    ck.true(f"counts/dense/backward {bwd.calls}", bwd.calls == [])
+    for rig, want in ((True, ["all_reduce"]), (False, [])):
+        x = torch.randn(4, 2, requires_grad=True)
+        W = torch.randn(3, 2, requires_grad=True)
+        loss = P.vocab_parallel_linear_cross_entropy(x, W, t, reduce_input_grad=rig)
+        with CountCollectives(dist) as bwd:
+            loss.backward()
+        ck.true(f"counts/linear/backward rig={rig} {bwd.calls}", bwd.calls == want)
+
+
 def run_linear(ck, torch, dist, xent, rank, world):
     from xent import parallel as P
 
@@ -363,7 +412,9 @@ def main(rank, world, port, outdir, parts):
             {"dense": lambda: run_dense(ck, torch, dist, xent, None, rank, world),
              "linear": lambda: run_linear(ck, torch, dist, xent, rank, world),
              "errors": lambda: run_errors(ck, torch, dist, xent, rank, world),
-             "dp": lambda: run_data_parallel(ck, torch, dist, xent, rank, world)}[part]()
+             "dp": lambda: run_data_parallel(ck, torch, dist, xent, rank, world),
+             "counts": lambda: run_collective_counts(ck, torch, dist, xent, rank, world),
+             }[part]()
     except Exception:  # noqa: BLE001
         ck.failures.append(traceback.format_exc())
     with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:

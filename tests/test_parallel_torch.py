@@ -65,7 +65,7 @@ def _run_group(world: int, parts: str, tmp_path: Path, timeout: float = 80.0) ->
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_vocab_parallel_matches_single_device_float64(world, tmp_path):
-    parts = "dense,linear,errors" + (",dp" if world == 4 else "")
+    parts = "dense,linear,errors,counts" + (",dp" if world == 4 else "")
     results = _run_group(world, parts, tmp_path)
     for r, res in enumerate(results):
         assert res["checks"] > 100, res
