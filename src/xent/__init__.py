@@ -17,12 +17,15 @@ from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 __version__ = "0.1.0"
 
 
+_LAZY = ("torch", "keras", "parallel")
+
+
 def __getattr__(name: str):
-    # ``xent.torch`` (PyTorch modules) loads on first use, so ``import xent`` never imports torch.
-    if name == "torch":
+    # The framework adapters load on first use, so ``import xent`` imports no framework.
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(".torch", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
