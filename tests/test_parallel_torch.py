@@ -34,7 +34,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_group(world: int, parts: str, tmp_path: Path, timeout: float = 80.0) -> list[dict]:
+def _run_group(world: int, parts: str, tmp_path: Path, timeout: float = 240.0) -> list[dict]:
     port = _free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"),
