@@ -196,10 +196,12 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     if cw is not None:
         norm = xp.reshape(w_t, lead) if sw is None else xp.reshape(w_t, lead) * sw
 
+    # every reduction but "none" back-propagates c * sample_weight per row (one scalar c)
+    g_like = None if red == "none" else (1.0 if sw is None else xp.reshape(sw, (n,)))
     if be.name == "torch":
         from ._kernels import linear_torch
 
-        rows = linear_torch.rows(x2, W, b, t2, w_t, cw, o)
+        rows = linear_torch.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
     elif be.name == "jax":
         from ._kernels import linear_jax
 
