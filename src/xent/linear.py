@@ -205,7 +205,7 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     elif be.name == "jax":
         from ._kernels import linear_jax
 
-        rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o)
+        rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
     else:
         rows = numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
     return R.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,
