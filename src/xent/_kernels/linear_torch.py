@@ -14,15 +14,37 @@ The vocabulary is walked in chunks of ``chunk`` columns; one reused buffer
   the per-row output): the last chunk from the kept buffer, the others
   recomputed; per chunk ``dX += dz W_c`` and ``dW_c = dz^T x``, written once.
 
-Every product has two large dimensions (``N`` and ``D`` or ``chunk``), which
-is what CPU and GPU matrix kernels need: walking the tokens instead (the
-classic fused-linear-cross-entropy layout, three products) re-streams the
-whole classifier and its gradient per block, and with blocks of <= 256 rows
-(what 5% of the logits allows at V = 65536) it ran 1.1-1.7x slower than the
-naive step on the 2-core CPU this was written on.
-A step costs ``nc`` + ``3 nc - 1`` products of ``1 / nc`` of the naive size
-(``nc`` chunks): three with one chunk, about four with many. With no input
+Layouts. The memory budget is ``N * chunk`` float32 logits (``chunk`` from
+``chunk_size``; by default 10% of the ``N * V`` logits, at least 4M), and the
+layout is picked per call from the problem's shape:
+
+* **token-blocked** (three products per step, the naive count): blocks of
+  ``B = N * chunk // V`` rows hold their full-vocabulary logits, so the
+  normalizer is known inside the block and ``G = dl/dZ`` is formed at once in
+  the forward pass: ``dX_b = G W`` (written into ``dX``), ``dW += G^T (sw_b
+  X_b)``, ``db += G^T sw_b``. ``dX`` is per row, so the backward pass scales
+  it by any cotangent ``g``; ``dW`` and ``db`` need ``g = c * sw`` for one
+  scalar ``c``, which the caller promises with ``g_like`` (every reduction
+  but ``"none"``; ``c`` is recovered on the device, no host read). Chosen when
+  ``B >= MIN_BLOCK_ROWS`` (128; thinner blocks make slow products) or
+  ``B >= N``, for float32/float64, and when ``g_like`` is given or only ``x``
+  needs a gradient. The formed gradients are the returned ones (scaled in
+  place), so the extra memory is the ``[B, V]`` block (twice with a softcap).
+  A second backward (``retain_graph``) recomputes with the vocabulary layout.
+* **vocabulary chunks** (otherwise: ``reduction="none"`` with a classifier
+  gradient, float16/bfloat16, or a budget under 128 rows): described above,
+  about four products per step.
+
+Every product has two large dimensions (``B`` or ``N``, and ``D`` or ``V`` /
+``chunk``). Measured on the loaded 2-core CPU this was written on, in one
+process, interleaved, float32 fwd+bwd at ``N=2048, D=512, V=32768``:
+token-blocked 0.65x the naive ``F.cross_entropy(x @ W.T)``, vocabulary
+chunks 0.96x (budget 10% of the logits, 204-row blocks). With no input
 requiring a gradient only the forward products run.
+
+The TensorFlow kernel can follow the same plan: the same budget and
+``block_rows`` rule, the gradients formed in the forward pass of a
+``tf.custom_gradient`` and scaled in its gradient function.
 """
 
 from __future__ import annotations
