@@ -58,6 +58,8 @@ def _ratio(a: dict, b: dict, key: str) -> str:
 def short(impl: str) -> str:
     """A column label for a peer: its library, plus the dtype when not float32."""
     lib = impl.split()[0].split(".")[0]
+    if "chunked" in impl:
+        lib += " chunked"
     if "bfloat16" in impl:
         lib += " bf16"
     elif "float16" in impl:
