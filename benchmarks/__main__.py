@@ -10,9 +10,12 @@ Examples::
 
 Every job runs in a fresh process (see :mod:`benchmarks.runner` for the
 measurement method). Results go to the terminal (a table per problem with
-ratios of xent against each peer), to ``benchmarks/results/<stamp>.csv`` (with
-machine, versions and a UTC timestamp on every row), to a PNG plot of time and
-memory against problem size, and to ``benchmarks/RESULTS.md``.
+ratios of xent against each peer), and into the output directory (``--out DIR``;
+default ``$XENT_BENCH_OUT`` or ``$TMPDIR/xent-bench``, outside the source tree):
+``<stamp>-<sizes>.csv`` (machine, versions and a UTC timestamp on every row), a
+PNG plot (time and memory against problem size; bars when a case has one
+size) and ``RESULTS.md``. The committed ``benchmarks/RESULTS.md`` (and its CSV
+under ``benchmarks/results/``) is written only with ``--write-results``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import time
 
 from .registry import load_all
-from .report import (RESULTS_DIR, format_tables, read_csv, write_csv, write_markdown,
+from .report import (MARKDOWN, RESULTS_DIR, format_tables, read_csv, write_csv, write_markdown,
                      write_plot)
 from .runner import machine, run_job, versions
 
@@ -31,7 +34,10 @@ from .runner import machine, run_job, versions
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="small sizes, 1 warm-up and 3 reps: finishes in about a minute")
+                   help="a smoke run in at most a minute: the cases' quick sizes, 1 warm-up "
+                        "and 2 reps, every job in this one process (memory less exact)")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --quick: still run every job in a fresh process")
     p.add_argument("--sizes", default=None,
                    help="which size list of each case to run: quick, full, sweep "
                         "(default: full, or quick with --quick)")
@@ -47,10 +53,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="timed runs per job (median)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
-    p.add_argument("--out", default=None, help="CSV path (default benchmarks/results/<stamp>.csv)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory for the CSV, plot and RESULTS.md (default "
+                        "$XENT_BENCH_OUT or $TMPDIR/xent-bench)")
+    p.add_argument("--write-results", action="store_true",
+                   help="also write the committed benchmarks/RESULTS.md and its CSV under "
+                        "benchmarks/results/ (never without this flag)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     p.add_argument("--no-markdown", action="store_true",
-                   help="do not rewrite benchmarks/RESULTS.md")
+                   help="write no RESULTS.md at all")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--from-csv", nargs="+", metavar="CSV", default=None,
                    help="run nothing: rebuild the tables, plot and RESULTS.md from saved CSVs "
@@ -92,19 +103,44 @@ def _jobs(cases, size_key, mode, explicit=()):
     return jobs
 
 
+def out_dir(args) -> str:
+    """The output directory: --out, $XENT_BENCH_OUT, or $TMPDIR/xent-bench."""
+    import tempfile
+
+    d = args.out or os.environ.get("XENT_BENCH_OUT") or os.path.join(tempfile.gettempdir(),
+                                                                      "xent-bench")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _in_process(key, size, bwd, reps, warmup) -> dict:
+    """One job in this process (--quick): fast, but memory includes earlier jobs' caches."""
+    from .runner import measure
+
+    try:
+        res = measure(key, size, bwd, reps, warmup)
+    except Exception as e:  # noqa: BLE001 - reported in the table like a failed subprocess
+        return {"error": f"{type(e).__name__}: {e}"}
+    res["mem_method"] = f"{res.get('mem_method', '')} (in-process, --quick)".strip()
+    return res
+
+
 def _from_csv(args, argv) -> int:
     rows, info = read_csv(args.from_csv)
     print(format_tables(rows))
+    out = out_dir(args)
     if not args.no_plot:
-        png = os.path.splitext(args.from_csv[-1])[0] + "-combined.png"
+        png = os.path.join(out, os.path.splitext(os.path.basename(args.from_csv[-1]))[0]
+                           + "-combined.png")
         if write_plot(png, rows):
             print(f"plot: {png}")
     if not args.no_markdown:
         cmds = "; ".join(f"from {os.path.basename(p)}" for p in args.from_csv)
-        md = write_markdown(rows, info, info.get("size_key", "?"), info.get("reps", 0),
-                            ["--from-csv"] + [os.path.relpath(p) for p in args.from_csv],
-                            list(args.from_csv))
-        print(f"summary: {md} ({cmds})")
+        for path in [os.path.join(out, "RESULTS.md")] + ([MARKDOWN] if args.write_results else []):
+            md = write_markdown(rows, info, info.get("size_key", "?"), info.get("reps", 0),
+                                ["--from-csv"] + [os.path.relpath(p) for p in args.from_csv],
+                                list(args.from_csv), path=path)
+            print(f"summary: {md} ({cmds})")
     return 0
 
 
@@ -119,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             kinds = ", ".join(f"{k}: {len(v)}" for k, v in c.sizes.items())
             print(f"{c.key:60s} {'peer' if c.peer else 'xent':5s} sizes({kinds})")
         return 0
-    reps = args.reps or (3 if args.quick else 5)
+    reps = args.reps or (2 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else 1
     jobs = _jobs(cases, size_key, args.mode, [_parse_size(x) for x in args.size])
     if not jobs:
@@ -133,22 +169,30 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(jobs, unit="job", file=sys.stderr, dynamic_ncols=True)
     for c, size, bwd in bar:
         bar.set_description(f"{c.impl[:28]:28s} {'fwd+bwd' if bwd else 'fwd':7s}")
-        res = run_job(c.key, size, bwd, reps, warmup, timeout=args.timeout)
+        if args.quick and not args.fresh:
+            res = _in_process(c.key, size, bwd, reps, warmup)
+        else:
+            res = run_job(c.key, size, bwd, reps, warmup, timeout=args.timeout)
         rows.append({"case": c, "size": size, "backward": bwd, **res})
     print(format_tables(rows))
-    os.makedirs(RESULTS_DIR, exist_ok=True)
     stamp = info["timestamp"].replace(":", "").replace("-", "")
-    csv_path = args.out or os.path.join(RESULTS_DIR, f"{stamp}-{size_key}.csv")
-    write_csv(csv_path, rows, info, size_key, reps, warmup)
-    print(f"\nCSV: {csv_path}")
-    if not args.no_plot:
-        png = os.path.splitext(csv_path)[0] + ".png"
-        if write_plot(png, rows):
-            print(f"plot: {png}")
-    if not args.no_markdown:
-        md = write_markdown(rows, info, size_key, reps, argv if argv is not None else sys.argv[1:],
-                            csv_path)
-        print(f"summary: {md}")
+    dirs = [out_dir(args)]
+    if args.write_results:
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        dirs.append(RESULTS_DIR)
+    cmd = argv if argv is not None else sys.argv[1:]
+    for d in dirs:
+        csv_path = os.path.join(d, f"{stamp}-{size_key}.csv")
+        write_csv(csv_path, rows, info, size_key, reps, warmup)
+        print(f"\nCSV: {csv_path}")
+        if not args.no_plot:
+            png = os.path.splitext(csv_path)[0] + ".png"
+            if write_plot(png, rows):
+                print(f"plot: {png}")
+        if not args.no_markdown:
+            md_path = MARKDOWN if d == RESULTS_DIR else os.path.join(d, "RESULTS.md")
+            md = write_markdown(rows, info, size_key, reps, cmd, csv_path, path=md_path)
+            print(f"summary: {md}")
     return 0
 
 

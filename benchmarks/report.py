@@ -58,6 +58,8 @@ def _ratio(a: dict, b: dict, key: str) -> str:
 def short(impl: str) -> str:
     """A column label for a peer: its library, plus the dtype when not float32."""
     lib = impl.split()[0].split(".")[0]
+    if "chunked" in impl:
+        lib += " chunked"
     if "bfloat16" in impl:
         lib += " bf16"
     elif "float16" in impl:
@@ -65,15 +67,25 @@ def short(impl: str) -> str:
     return lib
 
 
+def is_floor(r: dict) -> bool:
+    """The floor row of a dense group (an allocating elementwise exp of the logits)."""
+    return r["case"].impl.startswith("floor")
+
+
 def _block_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    peers = [r for r in rows if r["case"].peer and "error" not in r]
+    floor = next((r for r in rows if is_floor(r) and "error" not in r), None)
+    peers = [r for r in rows if r["case"].peer and "error" not in r and not is_floor(r)]
     head = ["impl", "time ms", "cpu ms", "extra MB", "mem/input"]
+    if floor is not None:
+        head.append("t÷floor")
     head += [f"t÷{short(p['case'].impl)}" for p in peers]
     head += [f"m÷{short(p['case'].impl)}" for p in peers]
     body = []
     for r in rows:
         line = [r["case"].impl + ("" if "error" not in r else f"  ERROR: {r['error'][:80]}"),
                 _ms(r), _ms(r, "cpu_s"), _mb(r), _mem_ratio(r)]
+        if floor is not None:
+            line.append(_ratio(r, floor, "time_s"))
         if r["case"].peer:
             line += [""] * (2 * len(peers))
         else:
@@ -94,7 +106,9 @@ def format_tables(rows: list[dict]) -> str:
         for line in body:
             out.append("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
     out.append("\nt÷peer / m÷peer: xent's time / extra memory divided by the peer's (< 1: xent "
-               "is faster / leaner); mem/input: extra peak memory / bytes of the main input.")
+               "is faster / leaner); mem/input: extra peak memory / bytes of the main input; "
+               "t÷floor: time divided by the floor row's (an allocating torch.exp of the "
+               "logits: the memory traffic of writing the gradient).")
     return "\n".join(out)
 
 
@@ -178,6 +192,10 @@ def _x(r: dict) -> float:
     return float(v)
 
 
+def good_first(series: dict) -> dict:
+    return next(iter(series.values()))[0]
+
+
 def write_plot(path: str, rows: list[dict]) -> bool:
     """Time and extra memory against problem size, one pair of panels per group."""
     import matplotlib
@@ -196,6 +214,26 @@ def write_plot(path: str, rows: list[dict]) -> bool:
             if r["case"].group == g:
                 series.setdefault((r["case"].impl, r["backward"], r["case"].peer), []).append(r)
         colors = plt.get_cmap("tab20").colors
+        if all(len(rs) == 1 for rs in series.values()):  # one size: bars, one per series
+            labels = [f"{impl} ({mode_label(bwd)})" for impl, bwd, _ in series]
+            ys = list(range(len(labels)))
+            for j, key in enumerate(("time_s", "extra_bytes")):
+                ax = axes[gi, j]
+                vals = [rs[0][key] * (1e3 if j == 0 else 1 / 2**20) for rs in series.values()]
+                cols = [colors[i % len(colors)] for i in ys]
+                ax.barh(ys, vals, color=cols,
+                        alpha=0.95, edgecolor="black",
+                        linewidth=[0.0 if p else 1.5 for _, _, p in series])
+                for y, v in zip(ys, vals):
+                    ax.text(v, y, f" {v:.0f}", va="center", fontsize=7)
+                ax.set_yticks(ys)
+                ax.set_yticklabels(labels if j == 0 else [], fontsize=7)
+                ax.invert_yaxis()
+                ax.set_xlabel("median time (ms)" if j == 0 else "peak extra memory (MiB)")
+                ax.set_title(f"{g} [{size_label(good_first(series)['size'])}]: "
+                             f"{'time' if j == 0 else 'memory'} (xent outlined)")
+                ax.grid(True, axis="x", alpha=0.3)
+            continue
         for si, ((impl, bwd, peer), rs) in enumerate(series.items()):
             rs = sorted(rs, key=_x)
             xs = [_x(r) for r in rs]
@@ -215,7 +253,8 @@ def write_plot(path: str, rows: list[dict]) -> bool:
             ax.set_ylabel(yl)
             ax.set_title(f"{g}: {title}")
             ax.grid(True, which="both", alpha=0.3)
-        axes[gi, 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        if series:
+            axes[gi, 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

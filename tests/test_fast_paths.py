@@ -105,8 +105,8 @@ def _run(fn, lib, z, *arrays, dtype="float64", grad=True, **kw):
 
 
 def _compare(fn, lib, z, *arrays, spy, which, dtype="float64", rtol=None, atol=None, **kw):
-    if lib == "jax" and which in ("sparse_loss", "dense_loss"):
-        # JAX uses the plain composition for integer and probability labels: only the
+    if lib == "jax" and which == "sparse_loss":
+        # JAX uses the plain composition for integer labels: only the
         # behaviour checks of the calling test apply
         plain = _run(fn, lib, z, *arrays, dtype=dtype, **kw)
         assert spy[which][-1] is False
@@ -478,3 +478,37 @@ def test_sigmoid_infinite_logits_with_matching_labels(lib, chunking, spy):
         assert np.all(v[0, :4] == 0.0) and np.all(np.isfinite(v))
         if g is not None:
             assert np.all(g[0, :4] == 0.0) and np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("opts", [{}, {"label_smoothing": 0.1, "z_loss": 1e-2},
+                                  {"class_weight": True}])
+def test_jax_soft_labels_fast_equals_plain_with_mask_and_label_grads(rng, opts):
+    import jax.numpy as jnp
+    import xent
+
+    n, c = 5, 7
+    z = rng.normal(size=(n, c)) * 3
+    y = rng.random((n, c))
+    if "label_smoothing" not in opts:  # smoothing gives a masked class weight: infinite loss
+        z[:, 2] = -np.inf  # a masked class with zero label weight
+        y[:, 2] = 0.0
+    y /= y.sum(1, keepdims=True)
+    z[1] = np.nan  # a zero-weight row of NaN padding
+    sw = np.ones(n)
+    sw[1] = 0.0
+    kw = dict(opts)
+    if kw.pop("class_weight", False):
+        kw["class_weight"] = jnp.asarray(rng.uniform(0.5, 2.0, c))
+
+    def f(z, y):
+        return xent.softmax_cross_entropy(z, y, sample_weight=jnp.asarray(sw), **kw)
+
+    args = (jnp.asarray(z), jnp.asarray(y))
+    fast = jax.value_and_grad(f, (0, 1))(*args)
+    with _fast.disabled():
+        plain = jax.value_and_grad(f, (0, 1))(*args)
+    assert np.isfinite(float(fast[0]))
+    np.testing.assert_allclose(fast[0], plain[0], rtol=1e-12)
+    for a, b in zip(fast[1], plain[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+        assert np.all(np.isfinite(np.asarray(a)))

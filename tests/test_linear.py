@@ -536,3 +536,152 @@ def test_nan_sample_weight_on_ignored_row_stays_out(be, rng):
     keep = t != IGNORE
     want = ref_loss(x[keep], W, t[keep], reduction="sum")
     close(be.to_numpy(got), want)
+
+
+# -- token-blocked layout (three products per step) and the memory budget -----------------
+
+@pytest.mark.parametrize("opt", [{}, {"label_smoothing": 0.2, "z_loss": 1e-3, "logit_softcap": 4.0,
+                                     "class_weight": True, "bias": True, "sample_weight": True}])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "sum_by_nonzero_weights"])
+@pytest.mark.parametrize("chunk", [130, 200])  # blocks of 7 / 11 rows of N = 37: the last clamped
+def test_torch_token_blocks_equal_naive(rng, monkeypatch, opt, reduction, chunk):
+    from xent._kernels import linear_torch
+
+    monkeypatch.setattr(linear_torch, "MIN_BLOCK_ROWS", 1)
+    n, d, v = 37, 6, 700
+    x = torch.tensor(rng.normal(size=(n, d)), requires_grad=True)
+    W = torch.tensor(rng.normal(size=(v, d)), requires_grad=True)
+    t = torch.as_tensor(rng.integers(0, v, n))
+    kw = {}
+    b = None
+    if opt.get("bias"):
+        b = torch.tensor(rng.normal(size=v), requires_grad=True)
+        kw["bias"] = b
+    if opt.get("class_weight"):
+        kw["class_weight"] = torch.tensor(rng.uniform(0.5, 2.0, v))
+    sw = None
+    if opt.get("sample_weight"):
+        sw = torch.tensor(rng.uniform(0.0, 2.0, n))
+        sw[3] = 0.0
+        kw["sample_weight"] = sw
+    for k in ("label_smoothing", "z_loss", "logit_softcap"):
+        if k in opt:
+            kw[k] = opt[k]
+    from xent._kernels.linear_rows import Opts
+
+    assert linear_torch.block_rows(n, Opts(v, chunk, 0.0, 0.0, None), torch.float64) > 0
+    got = xent.linear_cross_entropy(x, W, t, reduction=reduction, chunk_size=chunk, **kw)
+    z = x @ W.T + (0 if b is None else b)
+    if "logit_softcap" in kw:
+        z = kw["logit_softcap"] * torch.tanh(z / kw["logit_softcap"])
+    want = xent.sparse_softmax_cross_entropy(z, t, reduction=reduction, **kw_dense(kw))
+    cot = torch.tensor(rng.normal(size=n)) if reduction == "none" else torch.tensor(1.7)
+    leaves = [x, W] + ([b] if b is not None else [])
+    g_got = torch.autograd.grad(got, leaves, cot)
+    g_want = torch.autograd.grad(want, leaves, cot)
+    np.testing.assert_allclose(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
+    for a, e in zip(g_got, g_want):
+        np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
+
+
+def kw_dense(kw):
+    return {k: v for k, v in kw.items() if k not in ("bias", "logit_softcap")}
+
+
+def test_torch_token_blocks_three_products_per_block(rng, monkeypatch):
+    from xent._kernels import linear_torch
+
+    x, W, t = _mem_problem(rng)
+    chunk = 4 * MEM_V // MEM_N * 8  # 32 rows per block: 2 blocks of the 64 rows
+    monkeypatch.setattr(linear_torch, "MIN_BLOCK_ROWS", 16)
+    with Recorder() as rec:
+        loss = xent.linear_cross_entropy(x, W, t, chunk_size=chunk)
+        loss.backward()
+    assert rec.products == 3 * 2
+    assert rec.largest <= max(32 * MEM_V, MEM_V * MEM_D)  # the block, or W and its gradient
+    # reduction "none" with a classifier gradient: g is arbitrary, so the vocabulary layout
+    with Recorder() as rec:
+        xent.linear_cross_entropy(x, W, t, chunk_size=chunk, reduction="none").sum().backward()
+    nc = -(-MEM_V // chunk)
+    assert rec.products == nc + 3 * nc - 1
+
+
+def test_torch_token_blocks_backward_twice_with_retain_graph(rng):
+    n, d, v = 16, 4, 50
+    x = torch.tensor(rng.normal(size=(n, d)), requires_grad=True)
+    W = torch.tensor(rng.normal(size=(v, d)), requires_grad=True)
+    t = torch.as_tensor(rng.integers(0, v, n))
+    loss = xent.linear_cross_entropy(x, W, t)  # default budget: one block of all rows
+    first = torch.autograd.grad(loss, (x, W), retain_graph=True)
+    second = torch.autograd.grad(loss, (x, W))  # the formed gradients were consumed: recomputed
+    for a, b in zip(first, second):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_default_budget_is_a_tenth_of_the_logits():
+    from xent._kernels.linear_rows import default_chunk
+
+    n, v = 4096, 65536
+    assert n * default_chunk(n, v, None) <= 0.1 * n * v
+    assert n * default_chunk(n, v, None) >= 0.09 * n * v
+    assert default_chunk(8, 1000, None) == 1000  # small problems: 4M logits at least
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum_by_nonzero_weights"])
+@pytest.mark.parametrize("opt", [{}, {"label_smoothing": 0.2, "z_loss": 1e-3, "logit_softcap": 4.0,
+                                     "class_weight": True, "bias": True}])
+def test_jax_token_blocks_equal_naive(rng, monkeypatch, opt, reduction):
+    from xent._kernels import linear_jax
+    from xent._kernels.linear_rows import Opts
+
+    monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
+    n, d, v, chunk = 37, 3, 300, 200  # (37 * 200 - 337 * 3) // 600 = 10 rows: the last clamped
+    assert 0 < linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64) < n
+    x = rng.normal(size=(n, d))
+    W = rng.normal(size=(v, d))
+    b = rng.normal(size=v) if opt.get("bias") else None
+    t = jnp.asarray(rng.integers(0, v, n))
+    sw = jnp.asarray(rng.uniform(0.0, 2.0, n)).at[3].set(0.0)
+    kw = {k: opt[k] for k in ("label_smoothing", "z_loss", "logit_softcap") if k in opt}
+    if opt.get("class_weight"):
+        kw["class_weight"] = jnp.asarray(rng.uniform(0.5, 2.0, v))
+
+    def fast(x, W, b):
+        return xent.linear_cross_entropy(x, W, t, bias=b, chunk_size=chunk, reduction=reduction,
+                                         sample_weight=sw, **kw)
+
+    def slow(x, W, b):
+        z = x @ W.T + (0 if b is None else b)
+        if "logit_softcap" in kw:
+            z = kw["logit_softcap"] * jnp.tanh(z / kw["logit_softcap"])
+        return xent.sparse_softmax_cross_entropy(z, t, reduction=reduction, sample_weight=sw,
+                                                 **kw_dense(kw))
+
+    if True:  # float64: conftest enables x64
+        args = tuple(None if a is None else jnp.asarray(a, jnp.float64) for a in (x, W, b))
+        argn = (0, 1) if b is None else (0, 1, 2)
+        vg, gg = jax.value_and_grad(fast, argn)(*args)
+        vw, gw = jax.value_and_grad(slow, argn)(*args)
+        np.testing.assert_allclose(vg, vw, rtol=1e-10)
+        for a, e in zip(gg, gw):
+            np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
+
+
+def test_jax_token_blocks_memory_within_budget(rng, monkeypatch):
+    from xent._kernels import linear_jax
+
+    monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
+    n, d, v = 512, 16, 4096
+    x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+    W = jnp.asarray(rng.normal(size=(v, d)), jnp.float32)
+    t = jnp.asarray(rng.integers(0, v, n))
+    chunk = v // 8  # a budget of 1/8 of the logits
+
+    def temp(f):
+        c = jax.jit(jax.value_and_grad(f, (0, 1))).lower(x, W, t).compile()
+        return c.memory_analysis().temp_size_in_bytes
+
+    got = temp(lambda x, W, t: xent.linear_cross_entropy(x, W, t, chunk_size=chunk))
+    # the budget, plus the formed gradients held until the backward pass
+    assert got <= 1.1 * (n * chunk + (v + n) * d) * 4
+    assert temp(lambda x, W, t: naive(x, W, t)) >= n * v * 4  # the check can fail

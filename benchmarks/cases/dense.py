@@ -191,6 +191,29 @@ def _tf(kind):
     return fn
 
 
+# ----------------------------------------------------------------- floor ---
+FLOOR_IMPL = "floor: torch.exp (allocating)"
+
+
+def _floor(kind):
+    """The floor of a torch fwd+bwd step: one allocating elementwise ``exp`` of the logits.
+
+    It reads the logits once and writes (and page-faults) one new ``[n, c]``
+    tensor, the memory traffic of writing the gradient; no loss does less.
+    """
+
+    def fn(size, backward):
+        import torch
+
+        z, _ = _torch_data(size, kind)
+
+        def step():
+            g = torch.exp(z)
+            return float(g[0, 0])
+        return step
+    return fn
+
+
 # ----------------------------------------------------------------- numpy ---
 def _naive_numpy(kind):
     """The textbook composition: max, exp, sum, log (and a gather)."""
@@ -246,6 +269,8 @@ for _kind, _group, _sizes in (("sparse", "dense_sparse", SIZES_SPARSE),
                               ("soft", "dense_soft", SIZES_DENSE),
                               ("sigmoid", "dense_sigmoid", SIZES_DENSE)):
     _t, _f, _o = _PEER_NAMES[_kind]
+    case(group=_group, impl=FLOOR_IMPL, peer=True, sizes=_sizes, input_bytes=F32,
+         backward=(True,), tags=("floor",))(_floor(_kind))
     case(group=_group, impl=_t, peer=True, sizes=_sizes, input_bytes=F32)(_torch_peer(_kind))
     case(group=_group, impl=_f, peer=True, sizes=_sizes, input_bytes=F32)(_tf(_kind))
     case(group=_group, impl=_o, peer=True, sizes=_sizes, input_bytes=F32)(_optax(_kind))

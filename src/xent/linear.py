@@ -109,9 +109,13 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
       sample_weight: per-row weights broadcastable to ``[...]``.
       reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"sum_over_batch_size"`` or
         ``"sum_by_nonzero_weights"``.
-      chunk_size: vocabulary columns per chunk (any value; the last chunk may be
-        shorter); by default ``4M / N`` columns, so about 4M logits (16 MB in
-        float32) are held at once (twice that with ``logit_softcap``).
+      chunk_size: the memory budget, as vocabulary columns per chunk: about
+        ``N * chunk_size`` logits are held at once (twice that with
+        ``logit_softcap``), as ``[N, chunk_size]`` vocabulary chunks or, when
+        that allows blocks of at least 128 rows, as ``[N * chunk_size // V, V]``
+        token blocks whose gradients are formed in the forward pass (three
+        products per step; torch and JAX, see ``xent._kernels.linear_torch``).
+        By default 10% of the ``N * V`` logits, at least 4M logits (16 MB).
 
     Returns:
       ``[...]`` for ``"none"``, else a scalar; the inputs' library and dtype.
@@ -196,14 +200,16 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     if cw is not None:
         norm = xp.reshape(w_t, lead) if sw is None else xp.reshape(w_t, lead) * sw
 
+    # every reduction but "none" back-propagates c * sample_weight per row (one scalar c)
+    g_like = None if red == "none" else (1.0 if sw is None else xp.reshape(sw, (n,)))
     if be.name == "torch":
         from ._kernels import linear_torch
 
-        rows = linear_torch.rows(x2, W, b, t2, w_t, cw, o)
+        rows = linear_torch.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
     elif be.name == "jax":
         from ._kernels import linear_jax
 
-        rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o)
+        rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
     else:
         rows = numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
     return R.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,

@@ -7,8 +7,8 @@ transcendental functions and passes over the logits the expression asks for.
   ``log1p`` (``log1p(exp(-|z|)) + max(±z, 0)``), with a custom JVP giving
   ``sigmoid(±z)``, where the plain form evaluates two ``logaddexp``.
 
-Integer and probability labels use the plain composition: with its fused
-exp-sum pass it is as fast as optax or faster than any rewrite measured here.
+Integer labels use the plain composition: with its fused exp-sum pass it is as
+fast as optax. Probability labels use ``_soft_rows`` (a ``custom_vjp``).
 Gradients come from JAX's autodiff (labels and ``pos_weight`` included).
 """
 
@@ -26,12 +26,63 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
     return None
 
 
+@jax.custom_vjp
+def _soft_rows(z, w):
+    """``(sum_c w_c (lse - z_c), lse)`` per row, ``lse = logsumexp(z)``.
+
+    Shifted by the row maximum ``m`` (``lse - z_c = log sum exp(z - m) - (z_c - m)``,
+    no rounding of a huge ``lse``); ``0 * -inf`` terms (masked classes with zero
+    weight) are 0 in the value and the gradients.
+    """
+    return _soft_fwd(z, w)[0]
+
+
+def _soft_fwd(z, w):
+    m = jnp.max(z, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    zs = z - m
+    log_se = jnp.log(jnp.sum(jnp.exp(zs), axis=-1))
+    A = jnp.sum(w, axis=-1)
+    loss = A * log_se - jnp.sum(_safe(w, zs), axis=-1)
+    return (loss, log_se + m[..., 0]), (z, w, m, log_se, A)
+
+
+def _soft_bwd(res, gs):
+    z, w, m, log_se, A = res
+    g1, g2 = gs
+    zs = z - m
+    p = jnp.exp(zs - log_se[..., None])
+    dz = (g1 * A + g2)[..., None] * p - g1[..., None] * w
+    # d/dw_c = lse - z_c, and 0 where the term was 0 * -inf
+    dw = g1[..., None] * jnp.where((w == 0) & jnp.isinf(zs), 0.0, log_se[..., None] - zs)
+    return dz, dw
+
+
+_soft_rows.defvjp(_soft_fwd, _soft_bwd)
+
+
 def dense_loss(z, y, cw, keep, s, zl):
-    # The rewritten form (A log S - sum_c a_c (z_c - m)) measured slower than the
-    # plain composition once that uses one fused exp-sum pass: 282 vs 146 ms
-    # forward, 238 vs 209 ms gradient ([2048, 32768] float32, jit; optax 114 /
-    # 203 ms). Probability labels therefore take the plain composition.
-    return None
+    """Probability labels: ``sum_c w_c (lse - z_c)`` with ``w = ((1 - s) y + s / C) cw``.
+
+    One fused max pass and one exp-sum pass forward (``A log S - sum_c w_c (z_c - m)``,
+    ``A = sum_c w_c``), and a hand-written backward ``dz = g (A p - w)``,
+    ``dw = g (lse - z)``: autodiff of the rewritten form measured 1.19x optax
+    fwd+bwd ([2048, 16384] float32, jit), the plain composition 1.11x
+    (forward 0.86x / 1.00x). ``z_loss`` adds ``zl * lse**2``.
+    """
+    z = _compute(z)
+    y = y.astype(z.dtype)
+    C = z.shape[-1]
+    if keep is not None:
+        z = jnp.where(keep[..., None], z, 0.0)
+        y = jnp.where(keep[..., None], y, 0.0)
+    w = y if s == 0.0 else (1.0 - s) * y + s / C
+    if cw is not None:
+        w = w * cw
+    loss, lse = _soft_rows(z, w)
+    if zl != 0.0:
+        loss = loss + zl * lse * lse
+    return loss
 
 
 @jax.custom_jvp

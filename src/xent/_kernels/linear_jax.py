@@ -97,6 +97,104 @@ def _backward(x, W, b, t, w_t, cw, lse, g, o: Opts):
     return dX.astype(x.dtype), dW.astype(W.dtype), db.astype(b.dtype)
 
 
+# Token blocks of fewer rows than this make thin products; the vocabulary layout is used then.
+MIN_BLOCK_ROWS = 128
+
+
+def block_rows(n: int, d: int, o: Opts, dtype: Any) -> int:
+    """Rows per token block within the budget of ``n * o.chunk`` logits, or 0 (see torch's)."""
+    if dtype in (jnp.float16, jnp.bfloat16) or n == 0:
+        return 0
+    # XLA keeps the formed dX, dW as scratch until the backward pass scales them (no in-place
+    # scaling across the custom_vjp), so they count against the budget here, unlike torch.
+    # The compiled block holds about two [B, V] buffers (the exponentials and dl/dz).
+    r = (n * o.chunk - (o.num_classes + n) * d) // (2 * o.num_classes)
+    if r >= n:
+        return n
+    return r if r >= MIN_BLOCK_ROWS else 0
+
+
+def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
+    """Token-blocked forward that also forms ``dX`` (per row) and the ``sw``-weighted
+    ``dW``, ``db``: three products per block of ``B`` rows (the torch kernel's layout)."""
+    n, D = x.shape
+    nv = o.num_classes
+    s = o.smoothing
+    dt = x.dtype
+    S = nv if cw is None else jnp.sum(cw)
+    wt_all = jnp.ones((n,), dt) if w_t is None else w_t
+    sw_all = jnp.ones((n,), dt) if sw is None else sw.astype(dt)
+    nb = -(-n // B)
+
+    def body(carry, k):
+        loss, lse_all, dX, dW, db = carry
+        r0 = jnp.minimum(k * B, n - B)
+        xb = lax.dynamic_slice_in_dim(x, r0, B, 0)
+        tb = lax.dynamic_slice_in_dim(t, r0, B)
+        wt = lax.dynamic_slice_in_dim(wt_all, r0, B)
+        u = lax.dot_general(xb, W, (((1,), (1,)), ((), ()))) + b[None, :]
+        th = None
+        if o.softcap is not None:
+            th = jnp.tanh(u / o.softcap)
+            u = o.softcap * th
+        m = jnp.max(u, axis=1)
+        zr = u - m[:, None]
+        zt_rel = jnp.take_along_axis(zr, tb[:, None], axis=1)[:, 0]
+        sm = None
+        if s != 0.0:
+            sm = (jnp.sum(zr, axis=1) if cw is None
+                  else jnp.where(cw != 0, zr, 0.0) @ cw)
+        e = jnp.exp(zr)
+        se = jnp.sum(e, axis=1)
+        log_se = jnp.log(se)
+        lse = m + log_se
+        lb = row_loss(log_se, zt_rel, sm, lse, wt if w_t is not None else 1.0, S, o)
+        dz = e * (grad_scale(lse, wt if w_t is not None else 1.0, S, o) / se)[:, None]
+        dz = dz + jnp.where(jnp.arange(nv)[None, :] == tb[:, None],
+                            (-(1.0 - s) * wt)[:, None], 0.0)
+        if s != 0.0:
+            dz = dz - (s / nv) * (jnp.ones((nv,), dt) if cw is None else cw)[None, :]
+        if th is not None:
+            dz = dz * (1.0 - th * th)
+        swb = lax.dynamic_slice_in_dim(sw_all, r0, B)
+        swb = jnp.where(r0 + jnp.arange(B) >= k * B, swb, 0.0)  # rows the block before added
+        dXb = lax.dot_general(dz, W, (((1,), (0,)), ((), ())))
+        dW = dW + lax.dot_general(dz, xb * swb[:, None], (((0,), (0,)), ((), ())))
+        db = db + swb @ dz
+        loss = lax.dynamic_update_slice_in_dim(loss, lb, r0, 0)
+        lse_all = lax.dynamic_update_slice_in_dim(lse_all, lse, r0, 0)
+        dX = lax.dynamic_update_slice_in_dim(dX, dXb, r0, 0)
+        return (loss, lse_all, dX, dW, db), None
+
+    init = (jnp.zeros((n,), dt), jnp.zeros((n,), dt), jnp.zeros((n, D), dt),
+            jnp.zeros((nv, D), dt), jnp.zeros((nv,), dt))
+    (loss, _, dX, dW, db), _ = lax.scan(body, init, jnp.arange(nb))
+    return loss, (dX, dW, db)
+
+
+@lru_cache(maxsize=None)
+def _fused_kernel(o: Opts, B: int):
+    @jax.custom_vjp
+    def f(x, W, b, t, w_t, cw, sw):
+        return _forward(x, W, b, t, w_t, cw, o)[0]
+
+    def fwd(x, W, b, t, w_t, cw, sw):
+        loss, grads = _fused(x, W, b, t, w_t, cw, sw, o, B)
+        return loss, (grads, sw)
+
+    def bwd(res, g):
+        (dX, dW, db), sw = res
+        w = jnp.ones_like(g) if sw is None else sw.astype(g.dtype)
+        den = jnp.sum(w * w)
+        c = jnp.where(den > 0, jnp.sum(g * w) / jnp.where(den > 0, den, 1.0), 0.0)
+        # g = c * sw (the reductions): dX scales per row, dW and db by the scalar
+        return (dX * g[:, None].astype(dX.dtype), dW * c.astype(dW.dtype),
+                db * c.astype(db.dtype), None, None, None, None)
+
+    f.defvjp(fwd, bwd)
+    return jax.jit(f)
+
+
 @lru_cache(maxsize=None)
 def _kernel(o: Opts):
     @jax.custom_vjp
@@ -116,8 +214,18 @@ def _kernel(o: Opts):
     return jax.jit(f)  # compiled once per options and shapes, also when called eagerly
 
 
-def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts) -> Any:
-    """The per-row loss ``[N]``, differentiable for ``x``, ``W`` and ``b``."""
+def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts, *,
+         g_like: Any = None) -> Any:
+    """The per-row loss ``[N]``, differentiable for ``x``, ``W`` and ``b``.
+
+    ``g_like``: as in the torch kernel, a promise that the cotangent is
+    ``c * g_like`` (``1.0`` or ``[N]`` sample weights); it allows the
+    token-blocked layout (three products per step).
+    """
     bias = jnp.zeros((o.num_classes,), x.dtype) if b is None else b
     w_t = w_t if not isinstance(w_t, float) else None
+    B = block_rows(x.shape[0], x.shape[1], o, x.dtype) if g_like is not None else 0
+    if B:
+        sw = None if isinstance(g_like, float) else lax.stop_gradient(g_like)
+        return _fused_kernel(o, B)(x, W, bias, t, w_t, cw, sw)
     return _kernel(o)(x, W, bias, t, w_t, cw)

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-# Logits held at once by a kernel (per buffer) when chunk_size is None.
+# Logits held at once by a kernel (per buffer) when chunk_size is None: the larger of
+# _BUDGET_FRACTION of the logits and _DEFAULT_BUDGET.
 _DEFAULT_BUDGET = 1 << 22
+_BUDGET_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,16 @@ def _cast(xp: Any, x: Any, dtype: Any) -> Any:
 
 
 def default_chunk(n: int, v: int, chunk_size: Any) -> int:
-    """Vocabulary columns per chunk: ``chunk_size``, or about 4M logits at once."""
+    """Vocabulary columns per chunk: ``chunk_size``, or the default budget.
+
+    ``n * chunk`` logits is the memory budget of every layout: the vocabulary
+    layout holds ``[n, chunk]``, the token-blocked one ``[n * chunk // v, v]``.
+    By default it is 10% of the ``n * v`` logits, at least 4M logits (16 MB
+    in float32).
+    """
     if chunk_size is None:
-        return max(1, min(v, _DEFAULT_BUDGET // max(n, 1)))
+        budget = max(_DEFAULT_BUDGET, int(_BUDGET_FRACTION * n * v))
+        return max(1, min(v, budget // max(n, 1)))
     return max(1, min(v, chunk_size))
 
 

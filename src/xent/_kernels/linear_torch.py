@@ -18,15 +18,37 @@ The vocabulary is walked in chunks of ``chunk`` columns; one reused buffer
   Hessians) differentiates the plain ``[N, V]`` composition instead, so
   higher-order gradients are exact (and cost the naive memory).
 
-Every product has two large dimensions (``N`` and ``D`` or ``chunk``), which
-is what CPU and GPU matrix kernels need: walking the tokens instead (the
-classic fused-linear-cross-entropy layout, three products) re-streams the
-whole classifier and its gradient per block, and with blocks of <= 256 rows
-(what 5% of the logits allows at V = 65536) it ran 1.1-1.7x slower than the
-naive step on the 2-core CPU this was written on.
-A step costs ``nc`` + ``3 nc - 1`` products of ``1 / nc`` of the naive size
-(``nc`` chunks): three with one chunk, about four with many. With no input
+Layouts. The memory budget is ``N * chunk`` float32 logits (``chunk`` from
+``chunk_size``; by default 10% of the ``N * V`` logits, at least 4M), and the
+layout is picked per call from the problem's shape:
+
+* **token-blocked** (three products per step, the naive count): blocks of
+  ``B = N * chunk // V`` rows hold their full-vocabulary logits, so the
+  normalizer is known inside the block and ``G = dl/dZ`` is formed at once in
+  the forward pass: ``dX_b = G W`` (written into ``dX``), ``dW += G^T (sw_b
+  X_b)``, ``db += G^T sw_b``. ``dX`` is per row, so the backward pass scales
+  it by any cotangent ``g``; ``dW`` and ``db`` need ``g = c * sw`` for one
+  scalar ``c``, which the caller promises with ``g_like`` (every reduction
+  but ``"none"``; ``c`` is recovered on the device, no host read). Chosen when
+  ``B >= MIN_BLOCK_ROWS`` (128; thinner blocks make slow products) or
+  ``B >= N``, for float32/float64, and when ``g_like`` is given or only ``x``
+  needs a gradient. The formed gradients are the returned ones (scaled in
+  place), so the extra memory is the ``[B, V]`` block (twice with a softcap).
+  A second backward (``retain_graph``) recomputes with the vocabulary layout.
+* **vocabulary chunks** (otherwise: ``reduction="none"`` with a classifier
+  gradient, float16/bfloat16, or a budget under 128 rows): described above,
+  about four products per step.
+
+Every product has two large dimensions (``B`` or ``N``, and ``D`` or ``V`` /
+``chunk``). Measured on the loaded 2-core CPU this was written on, in one
+process, interleaved, float32 fwd+bwd at ``N=2048, D=512, V=32768``:
+token-blocked 0.65x the naive ``F.cross_entropy(x @ W.T)``, vocabulary
+chunks 0.96x (budget 10% of the logits, 204-row blocks). With no input
 requiring a gradient only the forward products run.
+
+The TensorFlow kernel can follow the same plan: the same budget and
+``block_rows`` rule, the gradients formed in the forward pass of a
+``tf.custom_gradient`` and scaled in its gradient function.
 """
 
 from __future__ import annotations
@@ -167,21 +189,125 @@ def _plain_rows(x, W, b, t, w_t, cw, o: Opts):
     return row_loss(lse, zt, sm, lse, 1.0 if w_t is None else w_t, S, o)
 
 
+# Token blocks of fewer rows than this make thin products; the vocabulary layout is used then.
+MIN_BLOCK_ROWS = 128
+
+
+def block_rows(n: int, o: Opts, dtype: Any) -> int:
+    """Rows per token block within the budget of ``n * o.chunk`` logits, or 0 (vocabulary layout).
+
+    The token-blocked layout holds a block's full-vocabulary logits, so the
+    budget of ``n * chunk`` logits allows ``n * chunk // V`` rows. It is chosen
+    when that is at least ``MIN_BLOCK_ROWS`` rows (or the whole batch) and the
+    dtype is float32 / float64 (low precision keeps the vocabulary layout,
+    which writes the classifier's gradient once, with no float32 accumulator).
+    """
+    if dtype in _LOW or n == 0:
+        return 0
+    rows_ = (n * o.chunk) // o.num_classes
+    if rows_ >= n:
+        return n
+    return rows_ if rows_ >= MIN_BLOCK_ROWS else 0
+
+
+def _blocks(n: int, B: int) -> list[tuple[int, int, int]]:
+    """``(r0, r1, fresh)``: blocks of ``B`` rows; the last one is clamped to end at ``n``
+    and its rows below ``fresh`` were already done by the block before."""
+    out = []
+    for k in range(-(-n // B)):
+        r0 = min(k * B, n - B)
+        out.append((r0, r0 + B, k * B))
+    return out
+
+
+def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
+    """Token-blocked forward that also forms the gradients (three products per block).
+
+    Per block of ``B`` rows: ``Z = X_b W^T`` (full vocabulary), the row
+    statistics and loss, then ``G = dl/dZ`` in place, ``dX_b = G W`` and
+    ``dW += G^T (sw_b X_b)``, ``db += G^T sw_b``. ``dX`` is per row, so the
+    backward pass scales it by any cotangent ``g``; ``dW`` and ``db`` are
+    weighted by ``sw`` (ones when None), so they are exact when the backward's
+    ``g`` is ``c * sw`` for one scalar ``c`` (what every reduction but
+    ``"none"`` gives).
+    """
+    n, D = x.shape
+    s = o.smoothing
+    nv = o.num_classes
+    want_x, want_w, want_b = need
+    kw = dict(dtype=x.dtype, device=x.device)
+    buf = torch.empty((B, nv), **kw)
+    th_buf = torch.empty_like(buf) if o.softcap is not None else None
+    loss = torch.empty(n, **kw)
+    lse_all = torch.empty(n, **kw)
+    dX = torch.empty((n, D), **kw) if want_x else None
+    dW = torch.zeros_like(W) if want_w else None
+    db = torch.zeros(nv, **kw) if want_b else None
+    S = float(nv) if cw is None else cw.sum()
+    grad = any(need)
+    for r0, r1, fresh in _blocks(n, B):
+        xb = x[r0:r1]
+        tb = t[r0:r1]
+        z, th = _logits(xb, W, b, 0, nv, o, buf, th_buf)
+        m = z.amax(1)
+        z.sub_(m[:, None])
+        zt_rel = z.gather(1, tb[:, None])[:, 0]
+        sm = None
+        if s:
+            sm = z.sum(1) if cw is None else torch.where(cw != 0, z, 0.0) @ cw
+        se = z.exp_().sum(1)
+        log_se = se.log()
+        lse = m + log_se
+        wt = 1.0 if w_t is None else w_t[r0:r1]
+        loss[r0:r1] = row_loss(log_se, zt_rel, sm, lse, wt, S, o)
+        lse_all[r0:r1] = lse
+        if not grad:
+            continue
+        z.mul_((grad_scale(lse, wt, S, o) / se)[:, None])
+        z.scatter_add_(1, tb[:, None], (-(1.0 - s) * (wt * torch.ones_like(lse)))[:, None])
+        if s:
+            cwc = torch.ones(nv, **kw) if cw is None else cw
+            z.sub_(cwc[None, :], alpha=s / nv)
+        if th is not None:
+            th.mul_(th).neg_().add_(1.0)
+            z.mul_(th)
+        if want_x:
+            torch.mm(z, W, out=dX[r0:r1])
+        if want_w or want_b:
+            swb = torch.ones(B, **kw) if sw is None else sw[r0:r1].to(x.dtype)
+            if fresh > r0:  # rows the block before already added
+                swb = torch.where(torch.arange(r0, r1, device=x.device) >= fresh, swb, 0.0)
+            if want_w:
+                dW.addmm_(z.T, xb * swb[:, None])
+            if want_b:
+                db.addmv_(z.T, swb)
+    return loss, lse_all, (dX, dW, db)
+
+
 class _LinearCE(torch.autograd.Function):
     """Per-row loss of the linear classifier; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, x, W, b, t, w_t, cw, o):  # noqa: D102
+    def forward(ctx, x, W, b, t, w_t, cw, o, sw=None, proportional=False):  # noqa: D102
         need = tuple(bool(v) for v in ctx.needs_input_grad[:3])
-        loss, lse, last = _forward(x, W, b, t, w_t, cw, o, keep=any(need))
+        B = block_rows(x.shape[0], o, x.dtype)
+        ctx.fused = None
+        if B and (proportional or not (need[1] or need[2]) or not any(need)):
+            loss, lse, grads = _fused(x, W, b, t, w_t, cw, sw if proportional else None, o, B,
+                                      need)
+            last = None
+            if any(need):
+                ctx.fused = (grads, proportional)
+        else:
+            loss, lse, last = _forward(x, W, b, t, w_t, cw, o, keep=any(need))
         ctx.o, ctx.need, ctx.last = o, need, last
         if any(need):
-            ctx.save_for_backward(x, W, b, t, w_t, cw, lse)
+            ctx.save_for_backward(x, W, b, t, w_t, cw, lse, sw)
         return loss
 
     @staticmethod
     def backward(ctx, g):  # noqa: D102
-        x, W, b, t, w_t, cw, lse = ctx.saved_tensors
+        x, W, b, t, w_t, cw, lse, sw = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True: differentiable gradients from the plain
             # composition (it holds the [N, V] logits: higher order only)
@@ -190,13 +316,38 @@ class _LinearCE(torch.autograd.Function):
                 grads = iter(torch.autograd.grad(_plain_rows(x, W, b, t, w_t, cw, ctx.o),
                                                  inputs, g, create_graph=True))
             out = tuple(next(grads) if n else None for n in ctx.need)
-            return (*out, None, None, None, None)
+            return (*out, None, None, None, None, None, None)
+        fused, ctx.fused = ctx.fused, None  # scaled in place; a second backward recomputes
+        if fused is not None:
+            (dX, dW, db), prop = fused
+            g = g.to(x.dtype)
+            if dX is not None:
+                dX.mul_(g[:, None])
+            if dW is not None or db is not None:
+                # g = c * sw for one scalar c (the reductions); recover c without a host read
+                w = torch.ones_like(g) if sw is None else sw.to(g.dtype)
+                den = (w * w).sum()
+                c = torch.where(den > 0, (g * w).sum() / torch.where(den > 0, den, 1.0), 0.0)
+                if dW is not None:
+                    dW.mul_(c)
+                if db is not None:
+                    db.mul_(c)
+            return (dX, dW, db, None, None, None, None, None, None)
         last, ctx.last = ctx.last, None  # consumed in place; a second backward recomputes
         grads = _backward(x, W, b, t, w_t, cw, lse, g, ctx.o, ctx.need, last)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
-def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts) -> Any:
-    """The per-row loss ``[N]``, differentiable for ``x``, ``W`` and ``b``."""
+def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts, *,
+         g_like: Any = None) -> Any:
+    """The per-row loss ``[N]``, differentiable for ``x``, ``W`` and ``b``.
+
+    ``g_like`` (optional): a promise that the backward's per-row cotangent is
+    ``c * g_like`` for one scalar ``c`` -- ``1.0`` (uniform rows) or an ``[N]``
+    tensor (the sample weights), as every reduction but ``"none"`` gives. With
+    it (or when only ``x`` needs a gradient) the token-blocked layout may form
+    the gradients in the forward pass: three products per step, not four.
+    """
     w_t = w_t if isinstance(w_t, torch.Tensor) else None
-    return _LinearCE.apply(x, W, b, t, w_t, cw, o)
+    sw = g_like.detach() if isinstance(g_like, torch.Tensor) else None
+    return _LinearCE.apply(x, W, b, t, w_t, cw, o, sw, g_like is not None)
