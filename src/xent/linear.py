@@ -64,7 +64,8 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
                          ignore_index: int | None = None, label_smoothing: float = 0.0,
                          z_loss: float = 0.0, logit_softcap: float | None = None,
                          class_weight: Any = None, sample_weight: Any = None,
-                         reduction: str = "mean", chunk_size: int | None = None) -> Any:
+                         reduction: str = "mean", normalizer: Any = None,
+                         chunk_size: int | None = None) -> Any:
     r"""Softmax cross-entropy of ``inputs @ classifier.T + bias`` without holding the logits.
 
     Exactly ``sparse_softmax_cross_entropy(z, labels, ...)`` with
@@ -109,6 +110,9 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
       sample_weight: per-row weights broadcastable to ``[...]``.
       reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"sum_over_batch_size"`` or
         ``"sum_by_nonzero_weights"``.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
       chunk_size: vocabulary columns per chunk (any value; the last chunk may be
         shorter); by default ``4M / N`` columns, so about 4M logits (16 MB in
         float32) are held at once (twice that with ``logit_softcap``).
@@ -207,4 +211,5 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     else:
         rows = numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
     return R.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,
-                    valid=valid, out_dtype=x.dtype)
+                    valid=valid, out_dtype=x.dtype,
+                    normalizer=V.normalizer(normalizer, red, be, x, cdt))

@@ -281,6 +281,9 @@ _ARGS_DOC = """
       sample_weight: ``[N]`` per-example weights (broadcastable to ``[N]``).
       reduction: ``"none"`` (the ``[N]`` losses TF returns), ``"sum"``,
         ``"mean"``, ``"sum_over_batch_size"`` or ``"sum_by_nonzero_weights"``.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 """
 
 
@@ -288,7 +291,8 @@ def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sa
                          bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
                          sampled: Any = None, remove_accidental_hits: bool = True,
                          subtract_log_q: bool = True, rng: Any = None,
-                         sample_weight: Any = None, reduction: str = "mean") -> Any:
+                         sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
         inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
         sample_weight, reduction)
@@ -299,13 +303,15 @@ def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sa
     # logsumexp over [true, sampled] without concatenating [N, T + S].
     lse = xp.logaddexp(be.logsumexp(true_logits, axis=-1), lse_sampled)
     loss = lse - xp.mean(true_logits, axis=-1)
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype,
+                    normalizer=V.normalizer(normalizer, red, be, x, cdt))
 
 
 def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
              bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
              sampled: Any = None, remove_accidental_hits: bool = False, rng: Any = None,
-             sample_weight: Any = None, reduction: str = "mean") -> Any:
+             sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
         inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
         sample_weight, reduction)
@@ -317,7 +323,8 @@ def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
     if T > 1:
         true_part = true_part + (1.0 - y) * be.softplus(true_logits)
     loss = xp.sum(true_part, axis=-1) + noise
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype,
+                    normalizer=V.normalizer(normalizer, red, be, x, cdt))
 
 
 sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true classes and shared candidates.

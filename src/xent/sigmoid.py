@@ -44,7 +44,8 @@ def _safe_product(be, w, value):
 
 def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None,
                           label_smoothing: float = 0.0, focal_gamma: float = 0.0,
-                          sample_weight: Any = None, reduction: str = "mean") -> Any:
+                          sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     r"""Sigmoid (binary) cross-entropy on logits; every entry its own binary problem.
 
     Per entry, with ``y' = (1 - s) * y + s / 2`` and ``σ`` the logistic function::
@@ -83,6 +84,9 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
         (NumPy rules: trailing axes align, so per-row weights of ``[B, C]``
         logits have shape ``[B, 1]``; a broadcast may not grow the shape).
       reduction: one of the five (see ``xent`` docs); every entry is an element.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 
     Returns:
       The logits' shape for ``"none"``, else a scalar, in the logits' library
@@ -130,7 +134,8 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     loss = kernels.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
     if loss is None:
         loss = _sigmoid_loss(be, be.astype(logits, cdt), y, pw, keep, s, gamma)
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype,
+                    normalizer=V.normalizer(normalizer, red, be, logits, cdt))
 
 
 def _sigmoid_loss(be, z, y, pw, keep, s, gamma):
@@ -150,7 +155,8 @@ def _sigmoid_loss(be, z, y, pw, keep, s, gamma):
 
 
 def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
-             sample_weight: Any = None, reduction: str = "mean") -> Any:
+             sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     r"""Binary cross-entropy on probabilities (TensorFlow's ``log_loss``).
 
     Per entry::
@@ -168,6 +174,9 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
       epsilon: ``ε`` >= 0, added inside both logarithms.
       sample_weight: per-entry weights broadcastable to the shape.
       reduction: one of the five.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 
     Returns:
       ``[...]`` for ``"none"``, else a scalar, in the input's library and dtype.
@@ -213,4 +222,5 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
         p = xp.where(keep, p, half)
         y = xp.where(keep, y, xp.zeros_like(y))
     loss = -(_xlog(be, y, p + eps) + _xlog(be, 1.0 - y, 1.0 - p + eps))
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=out_dtype)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=out_dtype,
+                    normalizer=V.normalizer(normalizer, red, be, like, cdt))

@@ -77,7 +77,7 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                           class_weight: Any = None, label_smoothing: float = 0.0,
                           label_gradient: bool = True, focal_gamma: float = 0.0,
                           z_loss: float = 0.0, sample_weight: Any = None,
-                          reduction: str = "mean") -> Any:
+                          reduction: str = "mean", normalizer: Any = None) -> Any:
     r"""Softmax cross-entropy with one-hot or soft (probability) labels.
 
     Per element (one row along ``axis``), with ``p = softmax(z)``,
@@ -110,6 +110,9 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
         logits' shape without ``axis``); no broadcast may grow that shape.
       reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"sum_over_batch_size"``
         or ``"sum_by_nonzero_weights"``.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 
     Returns:
       ``[...]`` per-element losses times ``sample_weight`` for ``"none"``,
@@ -173,12 +176,13 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     y = be.astype(be.moveaxis(y, ax, -1) if ax != len(shape) - 1 else y, cdt)
     if not label_gradient:
         y = be.stop_gradient(y)
+    nz = V.normalizer(normalizer, red, be, logits, cdt)
     return _dense_from_z(be, z, y, ax, shape, cdt, logits.dtype, class_weight, s, gamma, zl,
-                         sample_weight, red, logits)
+                         sample_weight, red, logits, nz)
 
 
 def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, zl,
-                  sample_weight, red, like):
+                  sample_weight, red, like, nz=None):
     xp = be.xp
     C = shape[ax]
     elem_shape = V.shape_of(z)[:-1]
@@ -196,7 +200,8 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
         norm = xp.sum(yn * cw, axis=-1)
         if sw is not None:
             norm = norm * sw
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype)
+    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype,
+                    normalizer=nz)
 
 
 def _dense_loss(be, z, y, cw, keep, s, gamma, zl):
@@ -222,7 +227,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                                  class_weight: Any = None, label_smoothing: float = 0.0,
                                  ignore_index: int | None = None, focal_gamma: float = 0.0,
                                  z_loss: float = 0.0, sample_weight: Any = None,
-                                 reduction: str = "mean") -> Any:
+                                 reduction: str = "mean", normalizer: Any = None) -> Any:
     r"""Softmax cross-entropy with integer class labels.
 
     Identical, value and gradient, to :func:`softmax_cross_entropy` with the
@@ -244,7 +249,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
       label_smoothing: ``s`` in [0, 1].
       ignore_index: a label value whose elements are ignored: they contribute
         0 to the loss, the gradients and every denominator.
-      focal_gamma, z_loss, sample_weight, reduction: as in
+      focal_gamma, z_loss, sample_weight, reduction, normalizer: as in
         :func:`softmax_cross_entropy`.
 
     Returns:
@@ -283,12 +288,13 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     V.integer_labels(be, t, "labels",
                      "probability labels go to softmax_cross_entropy")
     V.class_indices(be, t, C, ignore)
+    nz = V.normalizer(normalizer, red, be, logits, cdt)
     return _sparse_from_z(be, z, t, C, cdt, logits.dtype, class_weight, s, gamma, zl,
-                          ignore, sample_weight, red, logits)
+                          ignore, sample_weight, red, logits, nz)
 
 
 def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, ignore,
-                   sample_weight, red, like):
+                   sample_weight, red, like, nz=None):
     xp = be.xp
     elem_shape = V.shape_of(t)
     t, sw, valid = R.ignore_and_weight(be, t, ignore, sample_weight, like, elem_shape, cdt)
@@ -305,7 +311,7 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
     if w_t is not None:
         norm = w_t if sw is None else w_t * sw
     return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, valid=valid,
-                    out_dtype=out_dtype)
+                    out_dtype=out_dtype, normalizer=nz)
 
 
 def _sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl):

@@ -17,6 +17,10 @@ The reductions (see ``shared/API.md``):
 ``"sum_by_nonzero_weights"`` ``sum_i sw_i * l_i / #{i : n_i != 0}``
 ===========================  ====================================================
 
+With a ``normalizer`` N (only with ``"mean"``; checked by
+``validate.normalizer``) the result is ``sum_i sw_i * l_i / N`` instead: the
+global denominator of data-parallel training and gradient accumulation.
+
 A zero denominator gives 0 and zero gradients, never NaN.
 """
 
@@ -70,7 +74,8 @@ def _count(be: Backend, mask: Any, dtype: Any) -> Any:
 
 
 def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
-           norm: Any = None, valid: Any = None, out_dtype: Any = None) -> Any:
+           norm: Any = None, valid: Any = None, out_dtype: Any = None,
+           normalizer: Any = None) -> Any:
     """Apply ``reduction`` to the per-element ``loss`` (see the module docstring)."""
     xp = be.xp
     weighted = loss if sample_weight is None else loss * sample_weight
@@ -78,7 +83,9 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
         out = weighted
     else:
         total = xp.sum(weighted)
-        if reduction == "sum":
+        if normalizer is not None:
+            out = _safe_divide(be, total, normalizer)
+        elif reduction == "sum":
             out = total
         elif reduction == "mean":
             if norm is not None:
