@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import validate as V
+from . import validate
 from .backend import Backend
 
 
@@ -39,12 +39,12 @@ def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int,
     """``sample_weight`` as a float array of exactly ``shape`` (or None)."""
     if sample_weight is None:
         return None
-    sw = V.convert(be, sample_weight, like, name, ref_name)
+    sw = validate.convert(be, sample_weight, like, name, ref_name)
     if not be.is_floating(sw):
         sw = be.astype(sw, dtype)
-    V.broadcastable_to(sw, shape, name, "the per-element loss shape")
+    validate.broadcastable_to(sw, shape, name, "the per-element loss shape")
     sw = be.astype(sw, dtype)
-    if V.shape_of(sw) != tuple(shape):
+    if validate.shape_of(sw) != tuple(shape):
         sw = be.xp.broadcast_to(sw, tuple(shape))
     return sw
 
@@ -95,11 +95,11 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = int(np.prod(V.shape_of(loss)))
+                den = int(np.prod(validate.shape_of(loss)))
             out = _safe_divide(be, total, den)
         elif reduction == "sum_over_batch_size":
             den = _count(be, valid, loss.dtype) if valid is not None else int(
-                np.prod(V.shape_of(loss)))
+                np.prod(validate.shape_of(loss)))
             out = _safe_divide(be, total, den)
         elif reduction == "sum_by_nonzero_weights":
             w = norm if norm is not None else sample_weight
@@ -108,7 +108,7 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = int(np.prod(V.shape_of(loss)))
+                den = int(np.prod(validate.shape_of(loss)))
             out = _safe_divide(be, total, den)
         else:  # pragma: no cover - validated by the caller
             raise ValueError(reduction)
