@@ -25,8 +25,9 @@ import math
 import numbers
 from typing import Any
 
-from ._core import reduce as R
-from ._core import validate as V
+from ._core import reduce
+from ._core import validate
+from ._core import weights
 from ._core.backend import Backend, library_of
 from ._kernels.linear_rows import Opts, default_chunk, numpy_rows
 
@@ -34,11 +35,11 @@ __all__ = ["linear_cross_entropy"]
 
 def _options(label_smoothing: Any, z_loss: Any, logit_softcap: Any, reduction: Any,
              chunk_size: Any):
-    s = V.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    zl = V.scalar(z_loss, "z_loss", low=0.0)
-    cap = None if logit_softcap is None else V.scalar(
+    s = validate.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    zl = validate.scalar(z_loss, "z_loss", low=0.0)
+    cap = None if logit_softcap is None else validate.scalar(
         logit_softcap, "logit_softcap", low=0.0, low_open=True)
-    red = V.reduction(reduction)
+    red = validate.reduction(reduction)
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, numbers.Integral)
                                    or chunk_size < 1):
@@ -49,7 +50,7 @@ def _options(label_smoothing: Any, z_loss: Any, logit_softcap: Any, reduction: A
 def _matrix(be: Backend, value: Any, like: Any, name: str) -> Any:
     """``value`` as ``be``'s array in ``like``'s dtype; same-library arrays must match it."""
     same_lib = library_of(value) == be.name
-    arr = V.convert(be, value, like, name, "inputs")
+    arr = validate.convert(be, value, like, name, "inputs")
     if same_lib and arr.dtype != like.dtype:
         raise TypeError(
             f"{name} must have the inputs' dtype {be.dtype_name(like.dtype)}, "
@@ -64,7 +65,8 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
                          ignore_index: int | None = None, label_smoothing: float = 0.0,
                          z_loss: float = 0.0, logit_softcap: float | None = None,
                          class_weight: Any = None, sample_weight: Any = None,
-                         reduction: str = "mean", chunk_size: int | None = None) -> Any:
+                         reduction: str = "mean", normalizer: Any = None,
+                         chunk_size: int | None = None) -> Any:
     r"""Softmax cross-entropy of ``inputs @ classifier.T + bias`` without holding the logits.
 
     Exactly ``sparse_softmax_cross_entropy(z, labels, ...)`` with
@@ -109,6 +111,9 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
       sample_weight: per-row weights broadcastable to ``[...]``.
       reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"sum_over_batch_size"`` or
         ``"sum_by_nonzero_weights"``.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
       chunk_size: the memory budget, as vocabulary columns per chunk: about
         ``N * chunk_size`` logits are held at once (twice that with
         ``logit_softcap``), as ``[N, chunk_size]`` vocabulary chunks or, when
@@ -148,52 +153,49 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     Language Models" (Apple ml-cross-entropy); Liger-Kernel's fused linear
     cross-entropy; Milakov & Gimelshein 2018 (online softmax).
     """
-    be, x = V.float_array(inputs, "inputs")
+    be, x = validate.float_array(inputs, "inputs")
     s, zl, cap, red = _options(label_smoothing, z_loss, logit_softcap, reduction, chunk_size)
-    ignore = V.ignore_index(ignore_index)
-    shape = V.shape_of(x)
+    ignore = validate.ignore_index(ignore_index)
+    shape = validate.shape_of(x)
     if len(shape) == 0:
         raise ValueError("inputs must have shape [..., D] (at least one dimension), got a scalar")
     D = shape[-1]
     lead = shape[:-1]
     W = _matrix(be, classifier, x, "classifier")
-    if len(V.shape_of(W)) != 2 or V.shape_of(W)[1] != D:
+    if len(validate.shape_of(W)) != 2 or validate.shape_of(W)[1] != D:
         raise ValueError(
             f"classifier must have shape [V, D] = [V, {D}] (D from inputs {shape}), "
-            f"got {V.shape_of(W)}"
+            f"got {validate.shape_of(W)}"
         )
-    nv = V.shape_of(W)[0]
+    nv = validate.shape_of(W)[0]
     if nv == 0:
         raise ValueError("classifier must have at least one class (row), got shape "
-                         f"{V.shape_of(W)}")
+                         f"{validate.shape_of(W)}")
     b = None
     if bias is not None:
         b = _matrix(be, bias, x, "bias")
-        if V.shape_of(b) != (nv,):
+        if validate.shape_of(b) != (nv,):
             raise ValueError(f"bias must have shape ({nv},) (one per class of classifier), "
-                             f"got {V.shape_of(b)}")
-    t = V.convert(be, labels, x, "labels", "inputs")
-    V.same_shape(t, lead, "labels", f"inputs are [..., D] = {shape}, so labels must be {lead}")
-    V.integer_labels(be, t, "labels")
-    V.class_indices(be, t, nv, ignore)
+                             f"got {validate.shape_of(b)}")
+    t = validate.convert(be, labels, x, "labels", "inputs")
+    validate.same_shape(t, lead, "labels", f"inputs are [..., D] = {shape}, so labels must be {lead}")
+    validate.integer_labels(be, t, "labels")
+    validate.class_indices(be, t, nv, ignore)
 
     xp = be.xp
     cdt = be.compute_dtype(x.dtype)
     n = int(math.prod(lead))
-    t, sw, valid = R.ignore_and_weight(be, t, ignore, sample_weight, x, lead, cdt)
+    t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, x, lead, cdt)
     cw = None
     if class_weight is not None:
-        from .softmax import _class_weight
-
-        cw = be.stop_gradient(_class_weight(be, class_weight, x, nv, cdt))
-    keep = R.keep_mask(be, sw, valid)
+        cw = be.stop_gradient(weights.class_weight(be, class_weight, x, nv, cdt))
+    keep = reduce.keep_mask(be, sw, valid)
 
     x2 = xp.reshape(x, (n, D))
     if keep is not None:
         x2 = xp.where(xp.reshape(keep, (n, 1)), x2, xp.zeros_like(x2))
-    from .softmax import _index_dtype
 
-    t2 = xp.reshape(be.astype(t, _index_dtype(be)), (n,))
+    t2 = xp.reshape(be.astype(t, be.index_dtype), (n,))
     w_t = 1.0 if cw is None else xp.take(cw, t2, axis=0)
     o = Opts(nv, default_chunk(n, nv, chunk_size), s, zl, cap)
     norm = None
@@ -212,5 +214,6 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
         rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
     else:
         rows = numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
-    return R.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,
-                    valid=valid, out_dtype=x.dtype)
+    return reduce.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,
+                    valid=valid, out_dtype=x.dtype,
+                    normalizer=validate.normalizer(normalizer, red, be, x, cdt))

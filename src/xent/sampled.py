@@ -12,10 +12,10 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from ._core import reduce as R
-from ._core import validate as V
+from ._core import reduce
+from ._core import validate
 from ._core.backend import Backend, describe
-from .samplers import Sample, _int_dtype, _num_sampled, as_sampler
+from .samplers import Sample, _num_sampled, as_sampler
 
 __all__ = ["sampled_softmax_loss", "nce_loss"]
 
@@ -26,18 +26,18 @@ _HIT_LOGIT = -3.4028234663852886e38
 
 def _matrix(be: Backend, x: Any, like: Any, name: str, ndim: int, what: str) -> Any:
     if name != "inputs":
-        x = V.convert(be, x, like, name, "inputs")
+        x = validate.convert(be, x, like, name, "inputs")
     if not be.is_floating(x):
         raise TypeError(f"{name} must be floating point, got dtype {be.dtype_name(x.dtype)}")
-    if len(V.shape_of(x)) != ndim:
-        raise ValueError(f"{name} must be {what}, got shape {V.shape_of(x)}")
+    if len(validate.shape_of(x)) != ndim:
+        raise ValueError(f"{name} must be {what}, got shape {validate.shape_of(x)}")
     return x
 
 
 def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: int) -> Any:
-    t = V.convert(be, labels, like, "labels", "inputs")
-    V.integer_labels(be, t, "labels")
-    shape = V.shape_of(t)
+    t = validate.convert(be, labels, like, "labels", "inputs")
+    validate.integer_labels(be, t, "labels")
+    shape = validate.shape_of(t)
     if shape == (N,) and T == 1:
         t = be.xp.reshape(t, (N, 1))
     elif shape != (N, T):
@@ -48,8 +48,8 @@ def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: in
             f"labels must have shape ({N}, num_true={T})"
             + (f" or ({N},)" if T == 1 else "") + f", got {shape}{hint}")
     with be.eager_scope():
-        V.class_indices(be, t, num_classes, None)
-    return be.astype(t, _int_dtype(be))
+        validate.class_indices(be, t, num_classes, None)
+    return be.astype(t, be.index_dtype)
 
 
 def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_classes: int):
@@ -59,40 +59,40 @@ def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_cl
             "sampled must be an xent.samplers.Sample or a 3-tuple (ids, true_expected_count, "
             f"sampled_expected_count), got {describe(sampled)}")
     names = ("sampled.ids", "sampled.true_expected_count", "sampled.sampled_expected_count")
-    ids, te, se = (V.convert(be, a, like, n, "inputs") for a, n in zip(sampled, names))
-    if T == 1 and V.shape_of(te) == (N,):  # a sample drawn for [N] labels
+    ids, te, se = (validate.convert(be, a, like, n, "inputs") for a, n in zip(sampled, names))
+    if T == 1 and validate.shape_of(te) == (N,):  # a sample drawn for [N] labels
         te = be.xp.reshape(te, (N, 1))
     for arr, name, shape in ((ids, names[0], (S,)), (te, names[1], (N, T)), (se, names[2], (S,))):
-        if V.shape_of(arr) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {V.shape_of(arr)}")
-    V.integer_labels(be, ids, names[0])
+        if validate.shape_of(arr) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {validate.shape_of(arr)}")
+    validate.integer_labels(be, ids, names[0])
     with be.eager_scope():
-        V.class_indices(be, ids, num_classes, None, names[0])
-    return Sample(be.astype(ids, _int_dtype(be)), te, se)
+        validate.class_indices(be, ids, num_classes, None, names[0])
+    return Sample(be.astype(ids, be.index_dtype), te, se)
 
 
 def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
            sample_weight, reduction):
     """Validate, sample, and return the pieces both losses share."""
-    be, x = V.float_array(inputs, "inputs")
-    red = V.reduction(reduction)
+    be, x = validate.float_array(inputs, "inputs")
+    red = validate.reduction(reduction)
     S = _num_sampled(num_sampled)
     if isinstance(num_true, bool) or not isinstance(num_true, numbers.Integral) or num_true < 1:
         raise ValueError(f"num_true must be a positive int, got {num_true!r}")
     T = int(num_true)
     x = _matrix(be, x, x, "inputs", 2, "[N, D]")
     W = _matrix(be, classifier, x, "classifier", 2, "[num_classes, D]")
-    N, D = V.shape_of(x)
-    C, Dw = V.shape_of(W)
+    N, D = validate.shape_of(x)
+    C, Dw = validate.shape_of(W)
     if Dw != D:
         raise ValueError(f"classifier must have shape (num_classes, {D}) to match inputs [N, {D}], "
-                         f"got {V.shape_of(W)}")
+                         f"got {validate.shape_of(W)}")
     b = None
     if bias is not None:
         b = _matrix(be, bias, x, "bias", 1, "[num_classes]")
-        if V.shape_of(b) != (C,):
+        if validate.shape_of(b) != (C,):
             raise ValueError(f"bias must have shape ({C},) (one per classifier row), "
-                             f"got {V.shape_of(b)}")
+                             f"got {validate.shape_of(b)}")
     t = _labels(be, labels, x, N, T, C)
     if sampled is None:
         smp = as_sampler(sampler, C)
@@ -105,7 +105,7 @@ def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sam
         sample = _sample(be, sampled, x, N, T, S, C)
     cdt = be.compute_dtype(be.xp.result_type(x.dtype, W.dtype) if be.name != "torch"
                            else be.torch.promote_types(x.dtype, W.dtype))
-    sw = R.sample_weights(be, sample_weight, x, (N,), cdt)
+    sw = reduce.sample_weights(be, sample_weight, x, (N,), cdt)
     return be, x, W, b, t, sample, S, T, cdt, sw, red
 
 
@@ -127,12 +127,12 @@ def _sampled_terms(be: Backend, kind: str, x, W, b, t, sample, T: int, cdt, sw,
     their gradients are scatters into those rows.
     """
     xp = be.xp
-    N, D = V.shape_of(x)
+    N, D = validate.shape_of(x)
     ids = be.stop_gradient(sample.ids)
     all_ids = xp.concat([xp.reshape(t, (-1,)), ids])
     rows = be.astype(_gather_rows(be, W, all_ids), cdt)
     x = be.astype(x, cdt)
-    keep = R.keep_mask(be, sw, None)
+    keep = reduce.keep_mask(be, sw, None)
     if keep is not None:  # zero-weight rows (NaN padding) touch nothing
         x = xp.where(keep[:, None], x, xp.zeros_like(x))
     true_w = xp.reshape(rows[: N * T], (N, T, D))
@@ -282,6 +282,9 @@ _ARGS_DOC = """
       sample_weight: ``[N]`` per-example weights (broadcastable to ``[N]``).
       reduction: ``"none"`` (the ``[N]`` losses TF returns), ``"sum"``,
         ``"mean"``, ``"sum_over_batch_size"`` or ``"sum_by_nonzero_weights"``.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 """
 
 
@@ -289,7 +292,8 @@ def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sa
                          bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
                          sampled: Any = None, remove_accidental_hits: bool = True,
                          subtract_log_q: bool = True, rng: Any = None,
-                         sample_weight: Any = None, reduction: str = "mean") -> Any:
+                         sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
         inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
         sample_weight, reduction)
@@ -300,13 +304,15 @@ def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sa
     # logsumexp over [true, sampled] without concatenating [N, T + S].
     lse = xp.logaddexp(be.logsumexp(true_logits, axis=-1), lse_sampled)
     loss = lse - xp.mean(true_logits, axis=-1)
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype,
+                    normalizer=validate.normalizer(normalizer, red, be, x, cdt))
 
 
 def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
              bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
              sampled: Any = None, remove_accidental_hits: bool = False, rng: Any = None,
-             sample_weight: Any = None, reduction: str = "mean") -> Any:
+             sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
         inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
         sample_weight, reduction)
@@ -318,7 +324,8 @@ def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
     if T > 1:
         true_part = true_part + (1.0 - y) * be.softplus(true_logits)
     loss = xp.sum(true_part, axis=-1) + noise
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype)
+    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype,
+                    normalizer=validate.normalizer(normalizer, red, be, x, cdt))
 
 
 sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true classes and shared candidates.

@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._core import validate as V
+from ._core import validate
 from ._core.backend import Backend, backend_of, describe, get_backend, library_of, to_numpy
 
 __all__ = [
@@ -95,14 +95,6 @@ def _argsort(be: Backend, x: Any) -> Any:
     if be.name == "torch":
         return be.torch.sort(x, stable=True).indices
     return be.xp.argsort(x, stable=True)
-
-
-def _int_dtype(be: Backend) -> Any:
-    if be.name == "torch":
-        return be.torch.int64
-    if be.name == "jax":
-        return be.jnp.asarray(0).dtype  # int64 with x64 enabled, else int32
-    return np.int64
 
 
 def _float_dtype(be: Backend) -> Any:
@@ -310,7 +302,7 @@ class _Sampler:
 
     def _draw_ids(self, be: Backend, like: Any, S: int, unique: bool, uniform, params):
         """Eager sampling (NumPy, torch): a Python loop over chunks of draws."""
-        idt = _int_dtype(be)
+        idt = be.index_dtype
         if not unique:
             return be.astype(self._draw(be, uniform(S), params), idt), S
         state = _unique_init(be, like, S, self.num_classes)
@@ -325,7 +317,7 @@ class _Sampler:
         be = get_backend("jax")
         jax = be.jax
         fdt = _float_dtype(be)
-        idt = _int_dtype(be)
+        idt = be.index_dtype
         if not unique:
             u = jax.random.uniform(jax.random.split(key)[1], (S,), dtype=fdt)
             return self._result(be, labels, be.astype(self._draw(be, u, params), idt), S, S,
@@ -358,7 +350,7 @@ def _num_sampled(value: Any) -> int:
 def _unique_init(be: Backend, like: Any, S: int, V_: int):
     """(ids buffer [S + 1], filled, tries, seen [V + 1]); the last slots are write sinks."""
     xp = be.xp
-    idt = _int_dtype(be)
+    idt = be.index_dtype
     kw = {"device": like.device} if be.name == "torch" else {}
     ids = xp.zeros(S + 1, dtype=idt, **kw)
     seen = xp.zeros(V_ + 1, dtype=xp.bool, **kw)
@@ -435,7 +427,7 @@ class LogUniformSampler(_Sampler):
     def _draw(self, be, u, params):
         xp = be.xp
         k = xp.floor(xp.exp(u * self._log_range)) - 1
-        return xp.remainder(be.astype(k, _int_dtype(be)), self.num_classes)
+        return xp.remainder(be.astype(k, be.index_dtype), self.num_classes)
 
     def _probability(self, be, ids, params):
         xp = be.xp
@@ -462,11 +454,11 @@ class UniformSampler(_Sampler):
 
     def _draw(self, be, u, params):
         xp = be.xp
-        k = be.astype(xp.floor(u * self.num_classes), _int_dtype(be))
+        k = be.astype(xp.floor(u * self.num_classes), be.index_dtype)
         return xp.minimum(k, xp.full_like(k, self.num_classes - 1))
 
     def _probability(self, be, ids, params):
-        return be.xp.full(V.shape_of(ids), 1.0 / self.num_classes, dtype=be.float32,
+        return be.xp.full(validate.shape_of(ids), 1.0 / self.num_classes, dtype=be.float32,
                           **_dev(be, ids))
 
     def __repr__(self) -> str:
@@ -508,13 +500,13 @@ class _TableSampler(_Sampler):
         xp = be.xp
         cdf, _ = params
         k = xp.searchsorted(cdf, u * cdf[-1], side="right")
-        k = be.astype(k, _int_dtype(be))
+        k = be.astype(k, be.index_dtype)
         return xp.minimum(k, xp.full_like(k, self.num_classes - 1))
 
     def _probability(self, be, ids, params):
         _, prob = params
         flat = be.xp.reshape(ids, (-1,))
-        return be.xp.reshape(be.xp.take(prob, be.astype(flat, _int_dtype(be))), V.shape_of(ids))
+        return be.xp.reshape(be.xp.take(prob, be.astype(flat, be.index_dtype)), validate.shape_of(ids))
 
     def probabilities(self) -> np.ndarray:
         """The whole distribution ``P`` as a float32 NumPy vector."""
@@ -541,7 +533,7 @@ class UnigramSampler(_TableSampler):
 
     def __init__(self, counts: Any, distortion: float = 1.0, *,
                  num_reserved_ids: int = 0) -> None:
-        self.distortion = V.scalar(distortion, "distortion", low=0.0)
+        self.distortion = validate.scalar(distortion, "distortion", low=0.0)
         if isinstance(counts, (str, bytes)) or hasattr(counts, "__fspath__"):
             counts = _read_vocab_counts(counts)
         c = to_numpy(counts).astype(np.float64)

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._core import reduce as R
-from ._core import validate as V
+from ._core import reduce
+from ._core import validate
 from ._kernels import table as kernels
 
 __all__ = ["sigmoid_cross_entropy", "log_loss"]
 
 
 def _labels(be, labels, like, shape, cdt, name="labels", ref_name="logits"):
-    y = V.convert(be, labels, like, name, ref_name)
-    V.same_shape(y, shape, name, "sigmoid losses take one label per logit, in [0, 1]")
+    y = validate.convert(be, labels, like, name, ref_name)
+    validate.same_shape(y, shape, name, "sigmoid losses take one label per logit, in [0, 1]")
     if not be.is_floating(y):
         name_ = be.dtype_name(y.dtype)
         if not (name_ == "bool" or name_.startswith("int") or name_.startswith("uint")):
             raise TypeError(f"{name} must be numbers in [0, 1], got dtype {name_}")
     y = be.astype(y, cdt)
-    V.in_range(be, y, 0.0, 1.0, name, "sigmoid labels are probabilities of the positive class")
+    validate.in_range(be, y, 0.0, 1.0, name, "sigmoid labels are probabilities of the positive class")
     return y
 
 
@@ -44,7 +44,8 @@ def _safe_product(be, w, value):
 
 def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None,
                           label_smoothing: float = 0.0, focal_gamma: float = 0.0,
-                          sample_weight: Any = None, reduction: str = "mean") -> Any:
+                          sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     r"""Sigmoid (binary) cross-entropy on logits; every entry its own binary problem.
 
     Per entry, with ``y' = (1 - s) * y + s / 2`` and ``σ`` the logistic function::
@@ -83,6 +84,9 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
         (NumPy rules: trailing axes align, so per-row weights of ``[B, C]``
         logits have shape ``[B, 1]``; a broadcast may not grow the shape).
       reduction: one of the five (see ``xent`` docs); every entry is an element.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 
     Returns:
       The logits' shape for ``"none"``, else a scalar, in the logits' library
@@ -112,25 +116,26 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     ``tf.nn.weighted_cross_entropy_with_logits``; PyTorch
     ``binary_cross_entropy_with_logits``; Lin et al. 2017 (focal loss).
     """
-    be, logits = V.float_array(logits, "logits")
-    s = V.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    gamma = V.scalar(focal_gamma, "focal_gamma", low=0.0)
-    red = V.reduction(reduction)
+    be, logits = validate.float_array(logits, "logits")
+    s = validate.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    gamma = validate.scalar(focal_gamma, "focal_gamma", low=0.0)
+    red = validate.reduction(reduction)
     xp = be.xp
-    shape = V.shape_of(logits)
+    shape = validate.shape_of(logits)
     cdt = be.compute_dtype(logits.dtype)
     y = _labels(be, labels, logits, shape, cdt)
     pw = None
     if pos_weight is not None:
-        pw = V.convert(be, pos_weight, logits, "pos_weight")
-        V.broadcastable_to(pw, shape, "pos_weight", "the logits' shape")
+        pw = validate.convert(be, pos_weight, logits, "pos_weight")
+        validate.broadcastable_to(pw, shape, "pos_weight", "the logits' shape")
         pw = be.astype(pw, cdt)
-    sw = R.sample_weights(be, sample_weight, logits, shape, cdt)
-    keep = R.keep_mask(be, sw, None)
+    sw = reduce.sample_weights(be, sample_weight, logits, shape, cdt)
+    keep = reduce.keep_mask(be, sw, None)
     loss = kernels.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
     if loss is None:
         loss = _sigmoid_loss(be, be.astype(logits, cdt), y, pw, keep, s, gamma)
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype)
+    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype,
+                    normalizer=validate.normalizer(normalizer, red, be, logits, cdt))
 
 
 def _sigmoid_loss(be, z, y, pw, keep, s, gamma):
@@ -150,7 +155,8 @@ def _sigmoid_loss(be, z, y, pw, keep, s, gamma):
 
 
 def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
-             sample_weight: Any = None, reduction: str = "mean") -> Any:
+             sample_weight: Any = None, reduction: str = "mean",
+             normalizer: Any = None) -> Any:
     r"""Binary cross-entropy on probabilities (TensorFlow's ``log_loss``).
 
     Per entry::
@@ -168,6 +174,9 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
       epsilon: ``ε`` >= 0, added inside both logarithms.
       sample_weight: per-entry weights broadcastable to the shape.
       reduction: one of the five.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 
     Returns:
       ``[...]`` for ``"none"``, else a scalar, in the input's library and dtype.
@@ -193,24 +202,25 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
 
     References: ``tf.compat.v1.losses.log_loss``; scikit-learn ``log_loss``.
     """
-    be, p = V.float_array(probabilities, "probabilities")
+    be, p = validate.float_array(probabilities, "probabilities")
     like = p
-    eps = V.scalar(epsilon, "epsilon", low=0.0)
-    red = V.reduction(reduction)
+    eps = validate.scalar(epsilon, "epsilon", low=0.0)
+    red = validate.reduction(reduction)
     xp = be.xp
-    shape = V.shape_of(p)
+    shape = validate.shape_of(p)
     cdt = be.compute_dtype(p.dtype)
     out_dtype = p.dtype
-    V.in_range(be, p, 0.0, 1.0, "probabilities",
+    validate.in_range(be, p, 0.0, 1.0, "probabilities",
                "log_loss takes probabilities; pass logits to sigmoid_cross_entropy")
     p = be.astype(p, cdt)
     y = _labels(be, labels, like, shape, cdt, ref_name="probabilities")
-    sw = R.sample_weights(be, sample_weight, like, shape, cdt,
+    sw = reduce.sample_weights(be, sample_weight, like, shape, cdt,
                           ref_name="probabilities")
-    keep = R.keep_mask(be, sw, None)
+    keep = reduce.keep_mask(be, sw, None)
     if keep is not None:
         half = xp.full_like(p, 0.5)
         p = xp.where(keep, p, half)
         y = xp.where(keep, y, xp.zeros_like(y))
     loss = -(_xlog(be, y, p + eps) + _xlog(be, 1.0 - y, 1.0 - p + eps))
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=out_dtype)
+    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=out_dtype,
+                    normalizer=validate.normalizer(normalizer, red, be, like, cdt))

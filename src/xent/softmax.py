@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._core import reduce as R
-from ._core import validate as V
+from ._core import reduce
+from ._core import validate
+from ._core import weights
 from ._core.backend import Backend
 from ._kernels import table as kernels
 
@@ -13,30 +14,16 @@ __all__ = ["softmax_cross_entropy", "sparse_softmax_cross_entropy"]
 
 
 def _options(label_smoothing: Any, focal_gamma: Any, z_loss: Any, reduction: Any):
-    s = V.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    g = V.scalar(focal_gamma, "focal_gamma", low=0.0)
-    zl = V.scalar(z_loss, "z_loss", low=0.0)
-    return s, g, zl, V.reduction(reduction)
-
-
-def _class_weight(be: Backend, class_weight: Any, like: Any, num_classes: int, dtype: Any):
-    if class_weight is None:
-        return None
-    cw = V.convert(be, class_weight, like, "class_weight")
-    if V.shape_of(cw) != (num_classes,):
-        raise ValueError(
-            f"class_weight must have shape ({num_classes},) (one weight per class), "
-            f"got {V.shape_of(cw)}"
-        )
-    cw = be.astype(cw, dtype)
-    V.in_range(be, cw, 0.0, float("inf"), "class_weight", "class weights must be non-negative")
-    return cw
+    s = validate.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    g = validate.scalar(focal_gamma, "focal_gamma", low=0.0)
+    zl = validate.scalar(z_loss, "z_loss", low=0.0)
+    return s, g, zl, validate.reduction(reduction)
 
 
 def _prepare(be: Backend, logits: Any, axis: int, sample_weight: Any, valid: Any):
     """Common set-up: class axis last (in the logits' dtype), and the compute dtype."""
-    ax = V.axis(axis, len(V.shape_of(logits)))
-    shape = V.shape_of(logits)
+    ax = validate.axis(axis, len(validate.shape_of(logits)))
+    shape = validate.shape_of(logits)
     if shape[ax] == 0:
         raise ValueError(f"logits must have at least one class along axis {axis}, got shape {shape}")
     z = be.moveaxis(logits, ax, -1) if ax != len(shape) - 1 else logits
@@ -77,7 +64,7 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                           class_weight: Any = None, label_smoothing: float = 0.0,
                           label_gradient: bool = True, focal_gamma: float = 0.0,
                           z_loss: float = 0.0, sample_weight: Any = None,
-                          reduction: str = "mean") -> Any:
+                          reduction: str = "mean", normalizer: Any = None) -> Any:
     r"""Softmax cross-entropy with one-hot or soft (probability) labels.
 
     Per element (one row along ``axis``), with ``p = softmax(z)``,
@@ -110,6 +97,9 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
         logits' shape without ``axis``); no broadcast may grow that shape.
       reduction: ``"none"``, ``"sum"``, ``"mean"``, ``"sum_over_batch_size"``
         or ``"sum_by_nonzero_weights"``.
+      normalizer: None, or a number or scalar array >= 0 (with ``"mean"`` only):
+        the result is then ``sum_i sw_i * l_i / normalizer`` (0 gives 0), the
+        global count for gradient accumulation and data parallelism.
 
     Returns:
       ``[...]`` per-element losses times ``sample_weight`` for ``"none"``,
@@ -152,13 +142,13 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     References: TensorFlow ``tf.nn.softmax_cross_entropy_with_logits``;
     Lin et al. 2017 (focal loss); Chowdhery et al. 2022 (z-loss).
     """
-    be, logits = V.float_array(logits, "logits")
+    be, logits = validate.float_array(logits, "logits")
     s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
-    label_gradient = V.flag(label_gradient, "label_gradient")
+    label_gradient = validate.flag(label_gradient, "label_gradient")
     ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
-    shape = V.shape_of(logits)
-    y = V.convert(be, labels, logits, "labels")
-    V.same_shape(y, shape, "labels",
+    shape = validate.shape_of(logits)
+    y = validate.convert(be, labels, logits, "labels")
+    validate.same_shape(y, shape, "labels",
                  "integer class indices go to sparse_softmax_cross_entropy")
     if not be.is_floating(y):
         if be.dtype_name(y.dtype) == "bool":
@@ -169,22 +159,23 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                 f"got dtype {be.dtype_name(y.dtype)}; integer class indices go to "
                 "sparse_softmax_cross_entropy"
             )
-    V.in_range(be, y, 0.0, float("inf"), "labels", "labels are probabilities")
+    validate.in_range(be, y, 0.0, float("inf"), "labels", "labels are probabilities")
     y = be.astype(be.moveaxis(y, ax, -1) if ax != len(shape) - 1 else y, cdt)
     if not label_gradient:
         y = be.stop_gradient(y)
+    nz = validate.normalizer(normalizer, red, be, logits, cdt)
     return _dense_from_z(be, z, y, ax, shape, cdt, logits.dtype, class_weight, s, gamma, zl,
-                         sample_weight, red, logits)
+                         sample_weight, red, logits, nz)
 
 
 def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, zl,
-                  sample_weight, red, like):
+                  sample_weight, red, like, nz=None):
     xp = be.xp
     C = shape[ax]
-    elem_shape = V.shape_of(z)[:-1]
-    sw = R.sample_weights(be, sample_weight, like, elem_shape, cdt)
-    cw = _class_weight(be, class_weight, like, C, cdt)
-    keep = R.keep_mask(be, sw, None)
+    elem_shape = validate.shape_of(z)[:-1]
+    sw = reduce.sample_weights(be, sample_weight, like, elem_shape, cdt)
+    cw = weights.class_weight(be, class_weight, like, C, cdt)
+    keep = reduce.keep_mask(be, sw, None)
     loss = kernels.dense_loss(be, z, y, cw, keep, s, gamma, zl)
     if loss is None:
         loss = _dense_loss(be, be.astype(z, cdt), y, cw, keep, s, gamma, zl)
@@ -196,13 +187,14 @@ def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, z
         norm = xp.sum(yn * cw, axis=-1)
         if sw is not None:
             norm = norm * sw
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype)
+    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype,
+                    normalizer=nz)
 
 
 def _dense_loss(be, z, y, cw, keep, s, gamma, zl):
     """The plain composition of the per-element loss (probability labels)."""
     xp = be.xp
-    C = V.shape_of(z)[-1]
+    C = validate.shape_of(z)[-1]
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
         y = xp.where(keep[..., None], y, xp.zeros_like(y))
@@ -222,7 +214,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                                  class_weight: Any = None, label_smoothing: float = 0.0,
                                  ignore_index: int | None = None, focal_gamma: float = 0.0,
                                  z_loss: float = 0.0, sample_weight: Any = None,
-                                 reduction: str = "mean") -> Any:
+                                 reduction: str = "mean", normalizer: Any = None) -> Any:
     r"""Softmax cross-entropy with integer class labels.
 
     Identical, value and gradient, to :func:`softmax_cross_entropy` with the
@@ -244,7 +236,7 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
       label_smoothing: ``s`` in [0, 1].
       ignore_index: a label value whose elements are ignored: they contribute
         0 to the loss, the gradients and every denominator.
-      focal_gamma, z_loss, sample_weight, reduction: as in
+      focal_gamma, z_loss, sample_weight, reduction, normalizer: as in
         :func:`softmax_cross_entropy`.
 
     Returns:
@@ -269,32 +261,33 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     References: TensorFlow ``tf.nn.sparse_softmax_cross_entropy_with_logits``;
     PyTorch ``torch.nn.functional.cross_entropy``.
     """
-    be, logits = V.float_array(logits, "logits")
+    be, logits = validate.float_array(logits, "logits")
     s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
-    ignore = V.ignore_index(ignore_index)
+    ignore = validate.ignore_index(ignore_index)
     ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
-    shape = V.shape_of(logits)
+    shape = validate.shape_of(logits)
     C = shape[ax]
     elem_shape = shape[:ax] + shape[ax + 1:]
-    t = V.convert(be, labels, logits, "labels")
-    V.same_shape(t, elem_shape, "labels",
+    t = validate.convert(be, labels, logits, "labels")
+    validate.same_shape(t, elem_shape, "labels",
                  "one-hot or probability labels go to softmax_cross_entropy"
-                 if V.shape_of(t) == shape else "")
-    V.integer_labels(be, t, "labels",
+                 if validate.shape_of(t) == shape else "")
+    validate.integer_labels(be, t, "labels",
                      "probability labels go to softmax_cross_entropy")
-    V.class_indices(be, t, C, ignore)
+    validate.class_indices(be, t, C, ignore)
+    nz = validate.normalizer(normalizer, red, be, logits, cdt)
     return _sparse_from_z(be, z, t, C, cdt, logits.dtype, class_weight, s, gamma, zl,
-                          ignore, sample_weight, red, logits)
+                          ignore, sample_weight, red, logits, nz)
 
 
 def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, ignore,
-                   sample_weight, red, like):
+                   sample_weight, red, like, nz=None):
     xp = be.xp
-    elem_shape = V.shape_of(t)
-    t, sw, valid = R.ignore_and_weight(be, t, ignore, sample_weight, like, elem_shape, cdt)
-    cw = _class_weight(be, class_weight, like, C, cdt)
-    keep = R.keep_mask(be, sw, valid)
-    t = be.astype(t, _index_dtype(be))
+    elem_shape = validate.shape_of(t)
+    t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, like, elem_shape, cdt)
+    cw = weights.class_weight(be, class_weight, like, C, cdt)
+    keep = reduce.keep_mask(be, sw, valid)
+    t = be.astype(t, be.index_dtype)
     w_t = None if cw is None else be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0)
     if w_t is not None:
         w_t = xp.reshape(w_t, elem_shape)
@@ -304,14 +297,14 @@ def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, igno
     norm = None
     if w_t is not None:
         norm = w_t if sw is None else w_t * sw
-    return R.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, valid=valid,
-                    out_dtype=out_dtype)
+    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, valid=valid,
+                    out_dtype=out_dtype, normalizer=nz)
 
 
 def _sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl):
     """The plain composition of the per-element loss (integer labels)."""
     xp = be.xp
-    C = V.shape_of(z)[-1]
+    C = validate.shape_of(z)[-1]
     if keep is not None:
         z = xp.where(keep[..., None], z, xp.zeros_like(z))
     zs, lse_s, m = _log_normalizer(be, z)
@@ -326,20 +319,10 @@ def _sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl):
     loss = nll if s == 0.0 else (1.0 - s) * nll
     if s != 0.0:
         logp = zs - lse_s
-        wc = xp.ones_like(logp) if cw is None else xp.broadcast_to(cw, V.shape_of(logp))
+        wc = xp.ones_like(logp) if cw is None else xp.broadcast_to(cw, validate.shape_of(logp))
         if gamma != 0.0:
             wc = wc * be.pow(-xp.expm1(logp), gamma)
         loss = loss - (s / C) * xp.sum(wc * _masked_logp(be, logp, wc), axis=-1)
     if zl != 0.0:
         loss = loss + zl * (lse_s + m)[..., 0] ** 2
     return loss
-
-
-def _index_dtype(be: Backend) -> Any:
-    if be.name == "torch":
-        return be.torch.int64
-    if be.name == "jax":
-        return be.jnp.int32
-    import numpy as np
-
-    return np.intp

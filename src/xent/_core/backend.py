@@ -112,6 +112,15 @@ class Backend:
     def is_low_precision(self, dtype: Any) -> bool:
         return self.dtype_name(dtype) in _LOW_PRECISION
 
+    @property
+    def index_dtype(self) -> Any:
+        """The integer dtype of class indices and sampled ids (the library's 64-bit int).
+
+        Written once for every loss and sampler; a subclass overrides it only
+        where the library's default integer differs (JAX without x64: int32).
+        """
+        return self.xp.int64
+
     # -- conversion -------------------------------------------------------
     def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
         """``x`` as an array of this library, on ``like``'s device."""
@@ -274,6 +283,11 @@ class JaxBackend(Backend):
     @property
     def float32(self) -> Any:
         return self.jnp.float32
+
+    @property
+    def index_dtype(self) -> Any:
+        # int64 with jax_enable_x64, else int32 (what jnp.asarray(0) gives)
+        return self.jax.dtypes.canonicalize_dtype(self.jnp.int64)
 
     def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
         return self.jnp.asarray(x, dtype=dtype)

@@ -17,6 +17,10 @@ The reductions (see ``shared/API.md``):
 ``"sum_by_nonzero_weights"`` ``sum_i sw_i * l_i / #{i : n_i != 0}``
 ===========================  ====================================================
 
+With a ``normalizer`` N (only with ``"mean"``; checked by
+``validate.normalizer``) the result is ``sum_i sw_i * l_i / N`` instead: the
+global denominator of data-parallel training and gradient accumulation.
+
 A zero denominator gives 0 and zero gradients, never NaN.
 """
 
@@ -28,7 +32,7 @@ import math
 
 import numpy as np
 
-from . import validate as V
+from . import validate
 from .backend import Backend
 
 
@@ -37,12 +41,12 @@ def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int,
     """``sample_weight`` as a float array of exactly ``shape`` (or None)."""
     if sample_weight is None:
         return None
-    sw = V.convert(be, sample_weight, like, name, ref_name)
+    sw = validate.convert(be, sample_weight, like, name, ref_name)
     if not be.is_floating(sw):
         sw = be.astype(sw, dtype)
-    V.broadcastable_to(sw, shape, name, "the per-element loss shape")
+    validate.broadcastable_to(sw, shape, name, "the per-element loss shape")
     sw = be.astype(sw, dtype)
-    if V.shape_of(sw) != tuple(shape):
+    if validate.shape_of(sw) != tuple(shape):
         sw = be.xp.broadcast_to(sw, tuple(shape))
     return sw
 
@@ -72,7 +76,8 @@ def _count(be: Backend, mask: Any, dtype: Any) -> Any:
 
 
 def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
-           norm: Any = None, valid: Any = None, out_dtype: Any = None) -> Any:
+           norm: Any = None, valid: Any = None, out_dtype: Any = None,
+           normalizer: Any = None) -> Any:
     """Apply ``reduction`` to the per-element ``loss`` (see the module docstring)."""
     xp = be.xp
     weighted = loss if sample_weight is None else loss * sample_weight
@@ -80,7 +85,9 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
         out = weighted
     else:
         total = xp.sum(weighted)
-        if reduction == "sum":
+        if normalizer is not None:
+            out = _safe_divide(be, total, normalizer)
+        elif reduction == "sum":
             out = total
         elif reduction == "mean":
             if norm is not None:
@@ -90,11 +97,11 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = math.prod(V.shape_of(loss))
+                den = math.prod(validate.shape_of(loss))
             out = _safe_divide(be, total, den)
         elif reduction == "sum_over_batch_size":
             den = _count(be, valid, loss.dtype) if valid is not None else (
-                math.prod(V.shape_of(loss)))
+                math.prod(validate.shape_of(loss)))
             out = _safe_divide(be, total, den)
         elif reduction == "sum_by_nonzero_weights":
             w = norm if norm is not None else sample_weight
@@ -103,7 +110,7 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = math.prod(V.shape_of(loss))
+                den = math.prod(validate.shape_of(loss))
             out = _safe_divide(be, total, den)
         else:  # pragma: no cover - validated by the caller
             raise ValueError(reduction)

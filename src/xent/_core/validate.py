@@ -97,6 +97,37 @@ def reduction(value: Any) -> str:
     return value
 
 
+def normalizer(value: Any, reduction: str, be: Backend, like: Any, dtype: Any) -> Any:
+    """The ``normalizer=`` argument: None, a float >= 0, or a 0-d array of ``dtype``.
+
+    Only ``reduction="mean"`` takes one (the result is then
+    ``sum_i sw_i * l_i / normalizer``); a negative value is a ``ValueError``
+    (checked on concrete arrays only, never under tracing).
+    """
+    if value is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(
+            f"normalizer replaces the denominator of reduction='mean'; got it with "
+            f"reduction={reduction!r} (leave reduction at 'mean' or drop normalizer)")
+    if isinstance(value, bool):
+        raise TypeError(f"normalizer must be a non-negative number or a scalar array, got {value!r}")
+    if isinstance(value, numbers.Real):
+        return scalar(value, "normalizer", low=0.0)
+    if library_of(value) is None and not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"normalizer must be a non-negative number or a scalar array, got {describe(value)}")
+    arr = convert(be, value, like, "normalizer")
+    if int(np.prod(shape_of(arr))) != 1:
+        raise ValueError(
+            f"normalizer must be a scalar (one element), got shape {shape_of(arr)}")
+    if be.dtype_name(arr.dtype) == "bool":
+        raise TypeError("normalizer must be a number, got a bool array")
+    arr = be.astype(be.xp.reshape(arr, ()), dtype)
+    in_range(be, arr, 0.0, math.inf, "normalizer", "it is a count or a sum of weights")
+    return arr
+
+
 def axis(value: Any, ndim: int, name: str = "axis") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {describe(value)}")

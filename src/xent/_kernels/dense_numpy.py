@@ -15,11 +15,11 @@ import os
 
 import numpy as np
 
-from . import rows as F
+from . import rows as chunks
 
 
 def _n_threads(size: int) -> int:
-    if size < F.MIN_PARALLEL:
+    if size < chunks.MIN_PARALLEL:
         return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -66,7 +66,7 @@ def _masked_dot(a, w, tmp):
 def _rows(z2, cd, chunk):
     """``chunk(r0, r1, bufs)`` over row chunks of ``z2``, in threads."""
     N, C = z2.shape
-    R = F.rows_per_chunk(C, 4)
+    R = chunks.rows_per_chunk(C, 4)
 
     def work(lo, hi):
         bufs = _Buffers(R, C, cd)
@@ -74,7 +74,7 @@ def _rows(z2, cd, chunk):
             for r0 in range(lo, hi, R):
                 chunk(r0, min(hi, r0 + R), bufs)
 
-    F.run_blocks(N, _n_threads(z2.size), work)
+    chunks.run_blocks(N, _n_threads(z2.size), work)
 
 
 def _softmax_rows(z2, kc, bufs, n, cd, r0, r1):
@@ -90,7 +90,7 @@ def _softmax_rows(z2, kc, bufs, n, cd, r0, r1):
 def _finish(w, m, a_sum, a_dot, zl, out):
     np.exp(w, out=w)
     log_s = np.log(w.sum(axis=1))
-    out[...] = F.row_loss(log_s, m + log_s, a_sum, a_dot, zl)
+    out[...] = chunks.row_loss(log_s, m + log_s, a_sum, a_dot, zl)
 
 
 def sparse_loss(z, t, w_t, cw, keep, s, zl):
@@ -111,7 +111,7 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
         kc = None if k1 is None else k1[r0:r1]
         w, m = _softmax_rows(z2, kc, bufs, n, cd, r0, r1)
         wt = None if wt1 is None else wt1[r0:r1]
-        a_sum, on = F.sparse_coefficients(wt, s, C, w_total)
+        a_sum, on = chunks.sparse_coefficients(wt, s, C, w_total)
         a_dot = on * w[np.arange(n), t1[r0:r1]]
         if s != 0.0:
             if cw is None:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import torch
 import numpy as np
 
-from . import rows as F
+from . import rows as chunks
 
 _LOCK = threading.Lock()
 _INF = float("inf")
@@ -39,7 +39,7 @@ _GPU_CHUNK_BYTES = 1 << 28
 @contextmanager
 def _threads(z: torch.Tensor):
     """How many Python threads to use for ``z``; torch's pool is 1 meanwhile."""
-    if z.device.type != "cpu" or z.numel() < F.MIN_PARALLEL:
+    if z.device.type != "cpu" or z.numel() < chunks.MIN_PARALLEL:
         yield 1
         return
     n = torch.get_num_threads()
@@ -55,8 +55,8 @@ def _threads(z: torch.Tensor):
 
 
 def _chunk_rows(z2: torch.Tensor) -> int:
-    nbytes = F.CHUNK_BYTES if z2.device.type == "cpu" else _GPU_CHUNK_BYTES
-    return F.rows_per_chunk(z2.shape[1], 4, nbytes)
+    nbytes = chunks.CHUNK_BYTES if z2.device.type == "cpu" else _GPU_CHUNK_BYTES
+    return chunks.rows_per_chunk(z2.shape[1], 4, nbytes)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -135,7 +135,7 @@ class _Fused(torch.autograd.Function):
                     rows.copy_(rows.to(gl.dtype).mul_(gl[r0:r0 + R]))
 
         with _threads(g) as n:
-            F.run_blocks(g.shape[0], n, work)
+            chunks.run_blocks(g.shape[0], n, work)
         return g, None, None
 
 
@@ -294,7 +294,7 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
     w_total = C if cw is None else cw.sum()
     sc = s / C
     smooth_w = None if s == 0.0 else (sc if cw is None else sc * cw)
-    a_sum, on = F.sparse_coefficients(wt1, s, C, w_total)
+    a_sum, on = chunks.sparse_coefficients(wt1, s, C, w_total)
     a_sum = a_sum if isinstance(a_sum, float) else a_sum.to(cd)
 
     def kernel(z2, need_grad):
@@ -336,7 +336,7 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
         a_dot = on * D[:, 0]
         if s != 0.0:
             a_dot = a_dot + sc * SZ[:, 0]
-        return F.row_loss(log_s, M[:, 0] + log_s, a_sum, a_dot, zl), grad, g
+        return chunks.row_loss(log_s, M[:, 0] + log_s, a_sum, a_dot, zl), grad, g
 
     def plain(z2):
         a = torch.zeros(z2.shape, dtype=cd, device=z2.device)
@@ -393,7 +393,7 @@ def _run_chunks(z2, cd, grad, chunk):
                     grad[r0:r1].copy_(out)
 
     with _threads(z2) as n:
-        F.run_blocks(N, n, work)
+        chunks.run_blocks(N, n, work)
 
 
 def dense_loss(z, y, cw, keep, s, zl):
@@ -440,7 +440,7 @@ def dense_loss(z, y, cw, keep, s, zl):
 
         _run_chunks(z2, cd, grad, chunk)
         log_s = torch.log(S[:, 0])
-        return F.row_loss(log_s, M[:, 0] + log_s, A[:, 0], D[:, 0], zl), grad, g
+        return chunks.row_loss(log_s, M[:, 0] + log_s, A[:, 0], D[:, 0], zl), grad, g
 
     def plain(z2):
         a = y2.to(cd)
