@@ -340,6 +340,8 @@ def _index_dtype(be: Backend) -> Any:
         return be.torch.int64
     if be.name == "jax":
         return be.jnp.int32
+    if be.name == "tensorflow":
+        return be.tf.int64
     import numpy as np
 
     return np.intp

@@ -138,7 +138,11 @@ def eager(be: Backend, *arrays: Any) -> bool:
 
 
 def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str = "") -> None:
-    """Values of ``x`` in [low, high] (NaN passes), eager only."""
+    """Values of ``x`` in [low, high] (NaN passes); in-graph assertion in ``tf.function``."""
+    if not eager(be, x) and hasattr(be, "assert_in_graph"):
+        msg = f"{name} must be in [{low:g}, {high:g}]" + (f"; {hint}" if hint else "")
+        be.assert_in_graph(~((x < low) | (x > high)), msg)
+        return
     if not eager(be, x) or int(np.prod(shape_of(x))) == 0:
         return
     with be.eager_scope():
@@ -154,7 +158,17 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
 
 def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
                   name: str = "labels") -> None:
-    """Integer labels in [0, num_classes) or equal to ``ignore_index``, eager only."""
+    """Integer labels in [0, num_classes) or equal to ``ignore_index``, eager only.
+
+    Inside ``tf.function`` the check is an in-graph assertion instead.
+    """
+    if not eager(be, labels) and hasattr(be, "assert_in_graph"):
+        bad = (labels < 0) | (labels >= num_classes)
+        if ignore_index is not None:
+            bad = bad & (labels != ignore_index)
+        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        be.assert_in_graph(~bad, f"{name} must be class indices in [0, {num_classes}){extra}")
+        return
     if not eager(be, labels) or int(np.prod(shape_of(labels))) == 0:
         return
     with be.eager_scope():
