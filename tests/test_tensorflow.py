@@ -153,3 +153,16 @@ def test_linear_never_holds_n_by_v_logits_in_the_compiled_graph():
              re.findall(r"f32\[([0-9,]*)\]", hlo)]
     assert max(sizes) < N * V // 4  # [V, D] (dW) and [N, chunk] buffers only
     assert f"f32[{N},{V}]" not in hlo
+
+
+def test_mirrored_strategy_global_count_gives_global_mean():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")]))
+    script = os.path.join(os.path.dirname(__file__), "_tf_distribute.py")
+    r = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "OK 4" in r.stdout, r.stderr[-3000:]
