@@ -106,16 +106,70 @@ class JaxAdapter:
         return [self.to_numpy(g) for g in grads]
 
 
-ADAPTERS = {"numpy": NumpyAdapter(), "torch": TorchAdapter(), "jax": JaxAdapter()}
+class TFAdapter:
+    name = "tensorflow"
+    has_grad = True
+
+    def asarray(self, x, dtype=None):
+        import tensorflow as tf
+
+        x = np.asarray(x)
+        if dtype is not None:
+            if dtype == "bfloat16":
+                return tf.cast(tf.constant(x.astype(np.float32)), tf.bfloat16)
+            x = x.astype(dtype)
+        return tf.constant(x)
+
+    def to_numpy(self, x):
+        import tensorflow as tf
+
+        if isinstance(x, (tf.Tensor, tf.Variable)):
+            if x.dtype == tf.bfloat16:
+                x = tf.cast(x, tf.float32)
+            return np.asarray(x.numpy())
+        return np.asarray(x)
+
+    def dtype(self, name):
+        import tensorflow as tf
+
+        return getattr(tf, name)
+
+    def grad(self, fn, *args, argnums=(0,)):
+        import tensorflow as tf
+
+        args = list(args)
+        with tf.GradientTape() as tape:
+            for i in argnums:
+                args[i] = tf.convert_to_tensor(args[i])
+                tape.watch(args[i])
+            out = fn(*args)
+        grads = tape.gradient(out, [args[i] for i in argnums])
+        return [None if g is None else self.to_numpy(tf.convert_to_tensor(g)) for g in grads]
+
+
+def _tf_quiet():
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialized
+        pass
+
+
+_tf_quiet()
+
+ADAPTERS = {"numpy": NumpyAdapter(), "torch": TorchAdapter(), "jax": JaxAdapter(),
+            "tensorflow": TFAdapter()}
 
 
 @pytest.fixture(params=list(ADAPTERS))
 def be(request):
-    """Each backend in turn."""
+    """Each backend in turn (NumPy, torch, JAX, TensorFlow)."""
     return ADAPTERS[request.param]
 
 
-@pytest.fixture(params=["torch", "jax"])
+@pytest.fixture(params=["torch", "jax", "tensorflow"])
 def gbe(request):
     """The backends with autodiff."""
     return ADAPTERS[request.param]
@@ -124,3 +178,31 @@ def gbe(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# TensorFlow runs every backend-parametrized test except these, for the reason given.
+# (Sampled losses and samplers have no TF port yet; the other test bodies call
+# NumPy-style methods such as ``.sum()`` / ``.copy()`` on the result, which TF
+# tensors lack without tf.experimental.numpy behaviour, or need a TF-specific oracle.)
+TF_EXCLUDED = {
+    "test_sampled.py": "sampled_softmax_loss / nce_loss: no TensorFlow port yet",
+    "test_samplers.py": "samplers: no TensorFlow port yet",
+    "test_peers_torch.py": "test body calls .sum() on the result (NumPy/torch method)",
+    "test_peers_tf.py::test_v1_losses": "test body not yet ported to TF tensors",
+    "test_choose.py::test_one_hot_uses_the_indices": "test body not yet ported to TF tensors",
+    "test_choose.py::test_described_situations_give_code_that_runs": "test body not yet ported to TF tensors",
+    "test_choose.py::test_huge_vocabulary": "test body not yet ported to TF tensors",
+    "test_linear.py::test_3d_inputs_and_broadcast_sample_weight": "test body not yet ported to TF tensors",
+    "test_linear.py::test_low_precision_no_less_accurate_than_naive": "test body not yet ported to TF tensors",
+    "test_linear.py::test_bad_types_are_type_errors": "test body not yet ported to TF tensors",
+    "test_numerics.py::test_zero_weight_nan_padding_contributes_exactly_zero": "test body not yet ported to TF tensors",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "[tensorflow" not in item.nodeid:
+            continue
+        for key, why in TF_EXCLUDED.items():
+            if key in item.nodeid:
+                item.add_marker(pytest.mark.skip(reason=f"TensorFlow excluded: {why}"))

@@ -36,8 +36,8 @@ def test_integer_logits_are_a_type_error(be, name):
 
 
 def test_non_array_logits_are_a_type_error():
-    with pytest.raises(TypeError, match="logits must be a numpy.ndarray, torch.Tensor or "
-                                        "jax.Array, got a str"):
+    with pytest.raises(TypeError, match="logits must be a numpy.ndarray, torch.Tensor, "
+                                        "jax.Array or tf.Tensor, got a str"):
         xent.sparse_softmax_cross_entropy("abc", T)
     with pytest.raises(TypeError, match="labels must be an array, got a NoneType"):
         xent.sigmoid_cross_entropy(Z, None)

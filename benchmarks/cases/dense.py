@@ -157,22 +157,30 @@ def _xent_jax(kind):
 
 
 # ------------------------------------------------------------ tensorflow ---
-def _tf(kind):
+def _tf(kind, use_xent=False, jit=False):
+    """TF's op (or xent on TF tensors) in a ``tf.function``, optionally ``jit_compile=True``."""
     def fn(size, backward):
         import tensorflow as tf
 
         z, y = _data(size, kind)
         zt, yt = tf.constant(z), tf.constant(y)
         del z, y
-        op = {"sparse": tf.nn.sparse_softmax_cross_entropy_with_logits,
-              "soft": tf.nn.softmax_cross_entropy_with_logits,
-              "sigmoid": tf.nn.sigmoid_cross_entropy_with_logits}[kind]
+        if use_xent:
+            import xent
 
-        def loss_fn(z, y):
-            return tf.reduce_mean(op(labels=y, logits=z))
+            loss_fn = {"sparse": xent.sparse_softmax_cross_entropy,
+                       "soft": xent.softmax_cross_entropy,
+                       "sigmoid": xent.sigmoid_cross_entropy}[kind]
+        else:
+            op = {"sparse": tf.nn.sparse_softmax_cross_entropy_with_logits,
+                  "soft": tf.nn.softmax_cross_entropy_with_logits,
+                  "sigmoid": tf.nn.sigmoid_cross_entropy_with_logits}[kind]
+
+            def loss_fn(z, y):
+                return tf.reduce_mean(op(labels=y, logits=z))
 
         if backward:
-            @tf.function
+            @tf.function(jit_compile=jit)
             def f(z, y):
                 with tf.GradientTape() as tape:
                     tape.watch(z)
@@ -180,7 +188,7 @@ def _tf(kind):
                 g = tape.gradient(loss, z)
                 return loss, g[0, 0]
         else:
-            @tf.function
+            @tf.function(jit_compile=jit)
             def f(z, y):
                 return loss_fn(z, y), tf.constant(0.0)
 
@@ -273,6 +281,10 @@ for _kind, _group, _sizes in (("sparse", "dense_sparse", SIZES_SPARSE),
          backward=(True,), tags=("floor",))(_floor(_kind))
     case(group=_group, impl=_t, peer=True, sizes=_sizes, input_bytes=F32)(_torch_peer(_kind))
     case(group=_group, impl=_f, peer=True, sizes=_sizes, input_bytes=F32)(_tf(_kind))
+    case(group=_group, impl=f"{_f} (jit_compile)", peer=True, sizes=_sizes,
+         input_bytes=F32)(_tf(_kind, jit=True))
+    case(group=_group, impl="xent tensorflow (jit_compile)", sizes=_sizes,
+         input_bytes=F32)(_tf(_kind, use_xent=True, jit=True))
     case(group=_group, impl=_o, peer=True, sizes=_sizes, input_bytes=F32)(_optax(_kind))
     case(group=_group, impl="numpy naive", peer=True, sizes=_sizes, input_bytes=F32,
          backward=(False,))(_naive_numpy(_kind))

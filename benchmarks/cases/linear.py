@@ -129,6 +129,43 @@ def jax_xent(size, backward):
     return _jax_step(size, backward, lambda x, w, t: xent.linear_cross_entropy(x, w, t))
 
 
+def _tf_step(size, backward, loss_fn):
+    import tensorflow as tf
+
+    x, w, t = (tf.constant(a) for a in _data(size))
+
+    @tf.function(jit_compile=True)
+    def f(x, w, t):
+        if not backward:
+            return loss_fn(x, w, t)
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = loss_fn(x, w, t)
+        return tape.gradient(loss, [x, w])
+
+    def step():
+        out = f(x, w, t)
+        return [float(tf.reduce_sum(o)) for o in tf.nest.flatten(out)]
+    return step
+
+
+@case(group=GROUP, impl="tf.nn jit(x @ W.T)", peer=True, sizes=SIZES, input_bytes=logits_bytes,
+      note="naive under tf.function(jit_compile=True)")
+def tf_naive(size, backward):
+    import tensorflow as tf
+
+    return _tf_step(size, backward, lambda x, w, t: tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(t, tf.matmul(x, w, transpose_b=True))))
+
+
+@case(group=GROUP, impl="xent tensorflow jit", sizes=SIZES, input_bytes=logits_bytes,
+      note="vocabulary chunks, tf.custom_gradient")
+def tf_xent(size, backward):
+    import xent
+
+    return _tf_step(size, backward, lambda x, w, t: xent.linear_cross_entropy(x, w, t))
+
+
 # -- standalone measurement (the runner does the same in its own way) ---------------
 
 def _rss(field):

@@ -403,7 +403,9 @@ def _labels_expr(seen: _Seen, labels: Any, kind: str) -> str:
     torch_bool_rows = (kind == "b" and library_of(labels) == "torch"
                        and seen.situation in ("onehot", "huge"))
     if seen.cast or torch_bool_rows:  # torch has no argmax for bool
-        expr = "labels.long()" if library_of(labels) == "torch" else "labels.astype('int64')"
+        lib = library_of(labels)
+        expr = ("labels.long()" if lib == "torch" else "tf.cast(labels, 'int64')"
+                if lib == "tensorflow" else "labels.astype('int64')")
     if seen.situation == "huge" and len(seen.shape) >= 2 and seen.shape[-1] == seen.num_classes:
         expr += ".argmax(-1)"
     return expr

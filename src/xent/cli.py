@@ -163,6 +163,17 @@ def _demo(args: argparse.Namespace, style: _Style) -> int:
     print(style("xent on the bundled example data (mean loss per example):", "bold"))
     for situation, fn, value in rows:
         print(f"  {situation:<12} {fn:<30} {float(value):.4f}")
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:  # the same call on a tf.Tensor
+        import os
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        z, y = data["multiclass"]
+        v = xent.sparse_softmax_cross_entropy(tf.constant(z), tf.constant(y))
+        print(f"  {'on TF':<12} {'sparse_softmax_cross_entropy':<30} {float(v):.4f} (tf.Tensor)")
     names = dict(zip(("binary", "multiclass", "multilabel", "soft"),
                      ("binary", "multi-class", "multi-label", "soft labels")))
     print(style("\nxent.choose(labels): which loss, with weights for the imbalance:", "bold"))

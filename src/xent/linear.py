@@ -212,6 +212,10 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
         from ._kernels import linear_jax
 
         rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
+    elif be.name == "tensorflow":
+        from ._kernels import linear_tf
+
+        rows = linear_tf.rows(x2, W, b, t2, w_t, cw, o)
     else:
         rows = numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
     return reduce.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,

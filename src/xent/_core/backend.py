@@ -31,8 +31,18 @@ def _jax_loaded() -> bool:
     return "jax" in sys.modules
 
 
+def _tf_loaded() -> bool:
+    return "tensorflow" in sys.modules
+
+
+def _is_tf(x: Any) -> bool:
+    import tensorflow as tf
+
+    return isinstance(x, (tf.Tensor, tf.Variable))
+
+
 def library_of(x: Any) -> str | None:
-    """``"numpy"``, ``"torch"``, ``"jax"`` for arrays of those libraries, else None.
+    """``"numpy"``, ``"torch"``, ``"jax"``, ``"tensorflow"`` for arrays of those libraries, else None.
 
     NumPy scalars count as NumPy; Python scalars and lists are None (they are
     converted to whatever library the logits decide).
@@ -49,6 +59,8 @@ def library_of(x: Any) -> str | None:
 
         if isinstance(x, jax.Array):
             return "jax"
+    if _tf_loaded() and _is_tf(x):
+        return "tensorflow"
     return None
 
 
@@ -61,6 +73,8 @@ def describe(x: Any) -> str:
         return "a torch.Tensor"
     if lib == "jax":
         return "a jax.Array"
+    if lib == "tensorflow":
+        return "a tf.Variable" if type(x).__name__.endswith("Variable") else "a tf.Tensor"
     return f"a {type(x).__name__}"
 
 
@@ -79,6 +93,12 @@ def to_numpy(x: Any) -> np.ndarray:
         return t.cpu().numpy()
     if lib == "jax":
         return np.asarray(x)
+    if lib == "tensorflow":
+        import tensorflow as tf
+
+        if x.dtype == tf.bfloat16:
+            x = tf.cast(x, tf.float32)
+        return np.asarray(x.numpy())
     return np.asarray(x)
 
 
@@ -349,8 +369,104 @@ class JaxBackend(Backend):
         return self.jnp.moveaxis(x, source, dest)
 
 
+class TFBackend(Backend):
+    """TensorFlow tensors and variables: eager, ``tf.function`` and ``jit_compile=True``.
+
+    ``xp`` is xent's own small namespace over TF ops (``tf_namespace``); no
+    ``tf.experimental.numpy`` behaviour is switched on. Symbolic tensors (inside
+    ``tf.function``) are not concrete: value checks there become in-graph
+    assertions (``tf.debugging``) instead of host reads.
+    """
+
+    name = "tensorflow"
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        from . import tf_namespace
+
+        self.xp = tf_namespace
+        self.tf = tf
+
+    def dtype_name(self, dtype: Any) -> str:
+        return self.tf.as_dtype(dtype).name
+
+    def is_floating(self, x: Any) -> bool:
+        return bool(x.dtype.is_floating)
+
+    @property
+    def float32(self) -> Any:
+        return self.tf.float32
+
+    @property
+    def index_dtype(self) -> Any:
+        return self.tf.int64
+
+    def asarray(self, x: Any, like: Any, dtype: Any = None) -> Any:
+        tf = self.tf
+        with tf.device(like.device) if getattr(like, "device", "") else contextlib.nullcontext():
+            if isinstance(x, (tf.Tensor, tf.Variable)):
+                x = tf.convert_to_tensor(x)
+                return x if dtype is None or x.dtype == dtype else tf.cast(x, dtype)
+            a = np.asarray(x)
+            if dtype is not None and self.dtype_name(dtype) == "bfloat16":
+                return tf.cast(tf.constant(a.astype(np.float32)), tf.bfloat16)
+            return tf.constant(a, dtype=dtype)
+
+    def astype(self, x: Any, dtype: Any) -> Any:
+        return x if x.dtype == dtype else self.tf.cast(x, dtype)
+
+    def is_concrete(self, x: Any) -> bool:
+        return self.tf.executing_eagerly() and not self.tf.is_symbolic_tensor(x)
+
+    def concrete(self, x: Any) -> Any:
+        return self.tf.convert_to_tensor(x)
+
+    def host(self, x: Any) -> np.ndarray:
+        return to_numpy(x)
+
+    def any(self, mask: Any) -> bool:
+        return bool(self.tf.reduce_any(mask))
+
+    def stop_gradient(self, x: Any) -> Any:
+        return self.tf.stop_gradient(x)
+
+    def logsumexp(self, x: Any, axis: int = -1, keepdims: bool = False) -> Any:
+        return self.tf.reduce_logsumexp(x, axis=axis, keepdims=keepdims)
+
+    def log_softmax(self, x: Any, axis: int = -1) -> Any:
+        return self.tf.nn.log_softmax(x, axis=axis)
+
+    def logsumexp_shifted(self, x: Any, axis: int = -1) -> Any:
+        # x <= 0 (or a row of -inf): exp cannot overflow; one exp-sum pass
+        tf = self.tf
+        return tf.math.log(tf.reduce_sum(tf.exp(x), axis=axis, keepdims=True))
+
+    def softplus(self, x: Any) -> Any:
+        return self.tf.nn.softplus(x)
+
+    def sigmoid(self, x: Any) -> Any:
+        return self.tf.sigmoid(x)
+
+    def take_along_axis(self, x: Any, idx: Any, axis: int = -1) -> Any:
+        return self.xp.take_along_axis(x, idx, axis=axis)
+
+    def moveaxis(self, x: Any, source: int, dest: int) -> Any:
+        n = len(x.shape)
+        source, dest = source % n, dest % n
+        perm = [i for i in range(n) if i != source]
+        perm.insert(dest, source)
+        return self.tf.transpose(x, perm)
+
+    def assert_in_graph(self, ok: Any, message: str) -> None:
+        """An in-graph assertion that all of ``ok`` holds (inside ``tf.function``)."""
+        tf = self.tf
+        tf.debugging.Assert(tf.reduce_all(ok), [message])
+
+
 _BACKENDS: dict[str, Backend] = {}
-_CLASSES = {"numpy": Backend, "torch": TorchBackend, "jax": JaxBackend}
+_CLASSES = {"numpy": Backend, "torch": TorchBackend, "jax": JaxBackend,
+            "tensorflow": TFBackend}
 
 
 def get_backend(name: str) -> Backend:
@@ -373,6 +489,7 @@ def backend_of(x: Any, name: str = "logits") -> tuple[Backend, Any]:
             lib = "numpy"
         else:
             raise TypeError(
-                f"{name} must be a numpy.ndarray, torch.Tensor or jax.Array, got {describe(x)}"
+                f"{name} must be a numpy.ndarray, torch.Tensor, jax.Array or tf.Tensor, "
+                f"got {describe(x)}"
             )
     return get_backend(lib), x

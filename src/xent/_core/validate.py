@@ -182,6 +182,11 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
     mode = checks.mode_for(be, x)
     if mode == "off":
         return
+    if hasattr(be, "assert_in_graph") and (mode == "async" or not eager(be, x)):
+        # TensorFlow: an in-graph assertion (inside tf.function, or "async")
+        be.assert_in_graph(~((x < low) | (x > high)),
+                           f"{name} must be in [{low:g}, {high:g}]" + (f"; {hint}" if hint else ""))
+        return
     if mode == "async":
         bad = (x < low) | (x > high)
         checks.assert_async(be, ~bad.any(), f"xent: {name} must be in [{low:g}, {high:g}]"
@@ -209,6 +214,13 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
     if mode == "off":
         return
     extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    if hasattr(be, "assert_in_graph") and (mode == "async" or not eager(be, labels)):
+        # TensorFlow: an in-graph assertion (inside tf.function, or "async")
+        bad = (labels < 0) | (labels >= num_classes)
+        if ignore_index is not None:
+            bad = bad & (labels != ignore_index)
+        be.assert_in_graph(~bad, f"{name} must be class indices in [0, {num_classes}){extra}")
+        return
     if mode == "async":
         bad = (labels < 0) | (labels >= num_classes)
         if ignore_index is not None:
