@@ -124,6 +124,7 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     if pos_weight is not None:
         pw = V.convert(be, pos_weight, logits, "pos_weight")
         V.broadcastable_to(pw, shape, "pos_weight", "the logits' shape")
+        V.in_range(be, pw, 0.0, float("inf"), "pos_weight", "pos_weight must be non-negative")
         pw = be.astype(pw, cdt)
     sw = R.sample_weights(be, sample_weight, logits, shape, cdt)
     keep = R.keep_mask(be, sw, None)

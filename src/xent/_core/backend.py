@@ -61,7 +61,8 @@ def describe(x: Any) -> str:
         return "a torch.Tensor"
     if lib == "jax":
         return "a jax.Array"
-    return f"a {type(x).__name__}"
+    n = type(x).__name__
+    return f"{'an' if n[:1].lower() in 'aeiou' else 'a'} {n}"
 
 
 def to_numpy(x: Any) -> np.ndarray:
