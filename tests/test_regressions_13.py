@@ -94,3 +94,115 @@ def test_demo_says_what_each_class_imbalance_finding_says(capsys):
     # each line carries its own detail, not the same bare warning
     assert len(set(lines)) == len(lines)
     assert all("ratio" in l for l in lines)
+
+
+# -- focal_alpha --------------------------------------------------------------------------
+
+def _torchvision_focal(z, y, alpha, gamma):
+    """torchvision.ops.sigmoid_focal_loss, written out in float64 (reduction='none')."""
+    p = 1 / (1 + np.exp(-z))
+    ce = y * _softplus(-z) + (1 - y) * _softplus(z)
+    p_t = p * y + (1 - p) * (1 - y)
+    loss = ce * (1 - p_t) ** gamma
+    return (alpha * y + (1 - alpha) * (1 - y)) * loss
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.75, 0.0), (0.0, 1.5), (1.0, 2.0)])
+def test_focal_alpha_matches_torchvision_formula(alpha, gamma):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(5, 3)) * 3
+    y = (rng.random((5, 3)) < 0.4).astype(np.float64)
+    got = xent.sigmoid_cross_entropy(z, y, focal_gamma=gamma, focal_alpha=alpha, reduction="none")
+    np.testing.assert_allclose(got, _torchvision_focal(z, y, alpha, gamma), rtol=1e-12)
+
+
+def test_focal_alpha_on_torch_declines_the_fast_path_and_has_the_right_gradient():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(4, 3))
+    y = (rng.random((4, 3)) < 0.5).astype(np.float64)
+    zt = torch.tensor(z, requires_grad=True)
+    loss = xent.sigmoid_cross_entropy(zt, torch.tensor(y), focal_gamma=2.0, focal_alpha=0.25,
+                                      reduction="sum")
+    loss.backward()
+    zr = torch.tensor(z, requires_grad=True)
+    yr = torch.tensor(y)
+    p = torch.sigmoid(zr)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(zr, yr, reduction="none")
+    p_t = p * yr + (1 - p) * (1 - yr)
+    ref = ((0.25 * yr + 0.75 * (1 - yr)) * ce * (1 - p_t) ** 2).sum()
+    ref.backward()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
+    np.testing.assert_allclose(zt.grad.numpy(), zr.grad.numpy(), rtol=1e-10)
+
+
+def test_focal_alpha_matches_keras_binary_focal_with_class_balancing():
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(6, 4)).astype(np.float32)
+    y = (rng.random((6, 4)) < 0.3).astype(np.float32)
+    fn = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=0.3, gamma=2.0,
+                                              from_logits=True)
+    want = float(np.asarray(fn(y, z)))
+    got = float(xent.sigmoid_cross_entropy(z.astype(np.float64), y.astype(np.float64),
+                                           focal_gamma=2.0, focal_alpha=0.3,
+                                           reduction="sum_over_batch_size")) * 1.0
+    # Keras averages over the last axis, then over the batch: the same as the mean of all entries
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_focal_alpha_out_of_range_is_a_value_error():
+    with pytest.raises(ValueError, match="focal_alpha"):
+        xent.sigmoid_cross_entropy(np.zeros(3), np.ones(3), focal_alpha=1.5)
+
+
+# -- equivalents printed must reproduce the peer's number -----------------------------------
+
+def test_bcewithlogitsloss_weight_maps_to_sample_weight_with_sum_over_batch_size():
+    torch = pytest.importorskip("torch")
+    e = xent.equivalents("torch.nn.BCEWithLogitsLoss")
+    assert 'reduction="sum_over_batch_size"' in e.xent
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 3))
+    labels = (rng.random((4, 3)) < 0.5).astype(np.float64)
+    weight = rng.random((4, 3))
+    want = float(torch.nn.BCEWithLogitsLoss(weight=torch.tensor(weight))(
+        torch.tensor(logits), torch.tensor(labels)))
+    got = float(eval(e.xent, {"xent": xent, "logits": logits, "labels": labels,
+                              "weight": weight}))
+    assert got == pytest.approx(want, rel=1e-10)
+
+
+def test_kl_div_distillation_is_soft_softmax_ce_minus_label_entropy():
+    torch = pytest.importorskip("torch")
+    e = xent.equivalents("F.kl_div")
+    from xent._guide import table as T
+
+    assert "entropy" in T._BY_NAME["torch.nn.functional.kl_div"].note
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(5, 6))
+    p = rng.random((5, 6)); p /= p.sum(-1, keepdims=True)
+    want = float(torch.nn.functional.kl_div(torch.log_softmax(torch.tensor(logits), -1),
+                                            torch.tensor(p), reduction="batchmean"))
+    got = float(eval(e.xent, {"xent": xent, "logits": logits, "p": p}))
+    entropy = float(-(p * np.log(p)).sum(-1).mean())
+    assert got - entropy == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["torchvision.ops.sigmoid_focal_loss",
+                                  "LigerCrossEntropyLoss", "LigerFusedLinearCrossEntropyLoss",
+                                  "cut_cross_entropy.linear_cross_entropy",
+                                  "torch.nn.LinearCrossEntropyLoss",
+                                  "F.linear_cross_entropy"])
+def test_names_equivalents_did_not_know(name):
+    e = xent.equivalents(name)
+    assert e.xent.startswith("xent.")
+
+
+def test_torchvision_sigmoid_focal_loss_equivalent_runs_and_matches_formula():
+    e = xent.equivalents("torchvision.ops.sigmoid_focal_loss")
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(4, 2))
+    labels = (rng.random((4, 2)) < 0.5).astype(np.float64)
+    got = eval(e.xent, {"xent": xent, "logits": logits, "labels": labels})
+    np.testing.assert_allclose(got, _torchvision_focal(logits, labels, 0.25, 2.0), rtol=1e-12)
