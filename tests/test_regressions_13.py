@@ -206,3 +206,55 @@ def test_torchvision_sigmoid_focal_loss_equivalent_runs_and_matches_formula():
     labels = (rng.random((4, 2)) < 0.5).astype(np.float64)
     got = eval(e.xent, {"xent": xent, "logits": logits, "labels": labels})
     np.testing.assert_allclose(got, _torchvision_focal(logits, labels, 0.25, 2.0), rtol=1e-12)
+
+
+# -- choose: the code it returns runs on the labels it was given ----------------------------
+
+def _run_code(code, logits, labels):
+    return eval(code, {"xent": xent, "np": np}, {"logits": logits, "labels": labels})
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_choose_on_plus_minus_one_labels_recommends_binary_on_labels_plus_one_over_two(dtype):
+    rng = np.random.default_rng(6)
+    labels = np.where(rng.random(50) < 0.5, -1, 1).astype(dtype)
+    r = xent.choose(labels)
+    assert r.function == "sigmoid_cross_entropy"
+    assert "ignore_index" not in r.code and "(labels + 1) / 2" in r.code
+    logits = rng.normal(size=50)
+    got = float(_run_code(r.code, logits, labels))
+    y = (labels.astype(np.float64) + 1) / 2
+    want = float(np.mean(y * _softplus(-logits) + (1 - y) * _softplus(logits)))
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_choose_on_b1_integer_labels_returns_code_that_runs():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 4, size=(30, 1))
+    labels[:4, 0] = [0, 1, 2, 3]
+    r = xent.choose(labels)
+    logits = rng.normal(size=(30, 4))
+    got = float(_run_code(r.code, logits, labels))
+    lse = np.log(np.exp(logits).sum(-1))
+    want = float(np.mean(lse - logits[np.arange(30), labels[:, 0]]))
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "onehot", "soft", "multilabel"])
+def test_every_code_choose_returns_runs(kind):
+    rng = np.random.default_rng(8)
+    B, C = 40, 5
+    if kind == "binary":
+        labels, logits = (rng.random(B) < 0.5).astype(np.float32), rng.normal(size=B)
+    elif kind == "multiclass":
+        labels, logits = np.arange(B) % C, rng.normal(size=(B, C))
+    elif kind == "onehot":
+        labels, logits = np.eye(C)[np.arange(B) % C], rng.normal(size=(B, C))
+    elif kind == "soft":
+        p = rng.random((B, C)) + 0.1
+        labels, logits = p / p.sum(-1, keepdims=True), rng.normal(size=(B, C))
+    else:
+        labels, logits = (rng.random((B, C)) < 0.5).astype(np.float64), rng.normal(size=(B, C))
+    r = xent.choose(labels)
+    value = _run_code(r.code, logits, labels)
+    assert np.isfinite(float(value))
