@@ -258,3 +258,10 @@ def test_every_code_choose_returns_runs(kind):
     r = xent.choose(labels)
     value = _run_code(r.code, logits, labels)
     assert np.isfinite(float(value))
+
+
+# -- hints in the losses' own errors ----------------------------------------------------------
+
+def test_minus_100_labels_without_ignore_index_hint_ignore_index_minus_100():
+    with pytest.raises(ValueError, match=r"ignore_index=-100"):
+        xent.sparse_softmax_cross_entropy(np.zeros((3, 4)), np.array([0, -100, 2]))

@@ -167,9 +167,13 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
         pos = be.first_true(bad)
         value = int(be.host(labels[pos]))
     extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+    hint = ""
+    if value < 0 and ignore_index is None:
+        hint = (f"; if {value} marks padding, pass ignore_index={value} "
+                "(PyTorch's default is -100)")
     raise ValueError(
         f"{name} must be class indices in [0, {num_classes}){extra}, "
-        f"got {value} at position {pos}"
+        f"got {value} at position {pos}{hint}"
     )
 
 
