@@ -265,3 +265,12 @@ def test_every_code_choose_returns_runs(kind):
 def test_minus_100_labels_without_ignore_index_hint_ignore_index_minus_100():
     with pytest.raises(ValueError, match=r"ignore_index=-100"):
         xent.sparse_softmax_cross_entropy(np.zeros((3, 4)), np.array([0, -100, 2]))
+
+
+def test_torch_bct_layout_gets_an_axis_1_hint():
+    logits = np.zeros((2, 5, 7))  # [B, C, T]
+    labels = np.zeros((2, 7), dtype=np.int64)
+    with pytest.raises(ValueError, match="axis=1"):
+        xent.sparse_softmax_cross_entropy(logits, labels)
+    got = xent.sparse_softmax_cross_entropy(logits, labels, axis=1)
+    assert float(got) == pytest.approx(np.log(5), rel=1e-12)
