@@ -274,3 +274,10 @@ def test_torch_bct_layout_gets_an_axis_1_hint():
         xent.sparse_softmax_cross_entropy(logits, labels)
     got = xent.sparse_softmax_cross_entropy(logits, labels, axis=1)
     assert float(got) == pytest.approx(np.log(5), rel=1e-12)
+
+
+def test_ragged_list_error_names_the_argument():
+    with pytest.raises(TypeError, match="logits could not be read"):
+        xent.sparse_softmax_cross_entropy([[1.0, 2.0], [3.0]], np.array([0, 1]))
+    with pytest.raises(TypeError, match="labels could not be read"):
+        xent.sparse_softmax_cross_entropy(np.zeros((2, 2)), [[0], [1, 2]])

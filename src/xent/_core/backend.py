@@ -356,7 +356,11 @@ def backend_of(x: Any, name: str = "logits") -> tuple[Backend, Any]:
     lib = library_of(x)
     if lib is None:
         if isinstance(x, (list, tuple, int, float, bool)):
-            x = np.asarray(x)
+            try:
+                x = np.asarray(x)
+            except ValueError as err:  # a ragged list
+                raise TypeError(f"{name} could not be read as an array (are its rows of "
+                                f"different lengths?): {err}") from None
             lib = "numpy"
         else:
             raise TypeError(
