@@ -5,6 +5,7 @@ against a float64 formula and PyTorch); the description form; the generated guid
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -424,9 +425,13 @@ def test_every_situation_is_reachable():
 
 # -- the guide ---------------------------------------------------------------------------------------
 
+REPO_GUIDE = Path(__file__).resolve().parents[1] / "docs" / "choosing.md"
+
+
 def test_checked_in_guide_is_fresh():
-    assert _guide.GUIDE.is_file(), "docs/choosing.md is missing: run python -m xent._guide.render"
-    assert _guide.GUIDE.read_text() == _guide.render(), (
+    assert REPO_GUIDE.is_file(), "docs/choosing.md is missing: run python -m xent._guide.render"
+    assert _guide.main([str(REPO_GUIDE), "--check"]) == 0
+    assert REPO_GUIDE.read_text() == _guide.render(), (
         "docs/choosing.md differs from the decision table: run python -m xent._guide.render")
 
 
@@ -440,8 +445,16 @@ def test_guide_renders_every_situation_finding_and_name():
         assert f"`{n.name}`" in text
 
 
-def test_guide_check_mode(tmp_path, monkeypatch):
-    monkeypatch.setattr(_guide, "GUIDE", tmp_path / "choosing.md")
-    assert _guide.main(["--check"]) == 1
+def test_guide_check_mode(tmp_path):
+    path = str(tmp_path / "choosing.md")
+    assert _guide.main([path, "--check"]) == 1
+    assert _guide.main([path]) == 0
+    assert _guide.main([path, "--check"]) == 0
+
+
+def test_guide_renderer_writes_to_the_given_path_not_next_to_the_package(tmp_path, monkeypatch):
+    # issue 13: in a wheel there is no docs/ folder above the package
+    monkeypatch.chdir(tmp_path)
     assert _guide.main([]) == 0
-    assert _guide.main(["--check"]) == 0
+    assert (tmp_path / "docs" / "choosing.md").read_text() == _guide.render()
+    assert not hasattr(_guide, "GUIDE")

@@ -2,8 +2,9 @@
 
 Every loss takes logits first (``log_loss`` alone takes probabilities), arrays
 positional-only and options keyword-only, and returns an array of the logits'
-library, device and dtype. See ``shared/API.md`` for the contract and
-``docs/choosing.md`` for which loss fits which labels.
+library, device and dtype. Each function's docstring is its reference (formula, options, numerics); the
+README lists them, ``docs/choosing.md`` says which loss fits which labels, and
+``docs/`` has a page per adapter (torch, keras, tensorflow, parallel, value checks).
 """
 
 from . import samplers
@@ -14,7 +15,12 @@ from .sampled import nce_loss, sampled_softmax_loss
 from .sigmoid import log_loss, sigmoid_cross_entropy
 from .softmax import softmax_cross_entropy, sparse_softmax_cross_entropy
 
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import PackageNotFoundError, version as _version
+
+    __version__ = _version("xent-loss")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0.1.0"
 
 
 _LAZY = ("torch", "keras", "parallel")

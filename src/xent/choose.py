@@ -133,6 +133,7 @@ class _Seen:
     ignore_index: int | None = None
     notes: list = dataclasses.field(default_factory=list)
     cast: bool = False              # float labels holding class indices
+    pm1: bool = False               # {-1, +1} labels: the binary loss on (labels + 1) / 2
 
 
 def _family(situation: str) -> str:
@@ -176,6 +177,14 @@ def _infer(y: np.ndarray, num_classes: int | None) -> _Seen:
     if not whole and in01:
         raise ValueError(f"labels in [0, 1] with one value per example are binary, but "
                          f"num_classes={num_classes}")
+    if whole and num_classes in (None, 2) and set(np.unique(f).tolist()) == {-1.0, 1.0} \
+            and (y.ndim == 1 or last == 1):
+        seen = _Seen("binary", 2, shape, "labels in {-1, +1}, one per example",
+                     np.array([(f > 0).sum()]), float(f.size))
+        seen.pm1 = True
+        seen.notes.append("The labels are -1/+1: the binary loss takes (labels + 1) / 2, "
+                          "which maps -1 to 0 and +1 to 1 (no entry is padding).")
+        return seen
     if not whole:
         p = _pos((f != np.round(f)) & ((f < 0) | (f > 1)))
         raise ValueError(
@@ -399,6 +408,8 @@ def _agree(seen: _Seen, wanted: str | None, exclusive: bool | None, soft: bool |
 
 
 def _labels_expr(seen: _Seen, labels: Any, kind: str) -> str:
+    if seen.pm1:
+        return "(labels + 1) / 2"
     expr = "labels"
     torch_bool_rows = (kind == "b" and library_of(labels) == "torch"
                        and seen.situation in ("onehot", "huge"))
@@ -408,6 +419,10 @@ def _labels_expr(seen: _Seen, labels: Any, kind: str) -> str:
                 if lib == "tensorflow" else "labels.astype('int64')")
     if seen.situation == "huge" and len(seen.shape) >= 2 and seen.shape[-1] == seen.num_classes:
         expr += ".argmax(-1)"
+    if (seen.situation in ("multiclass", "huge") and len(seen.shape) >= 2
+            and seen.shape[-1] == 1 and seen.num_classes != 1):
+        # [B, 1] class indices: the sparse loss wants [B] (the logits are [B, C])
+        expr += ".squeeze(-1)"
     return expr
 
 

@@ -182,8 +182,11 @@ def _demo(args: argparse.Namespace, style: _Style) -> int:
     print(style("\nxent.check(logits, labels): the known mistakes:", "bold"))
     for key, (z, y) in data.items():
         found = xent.check(z, y)
-        text = "; ".join(f"{f.severity} {f.code}" for f in found) or "no findings"
-        print(f"  {names[key]:<12} {text}")
+        if not found:
+            print(f"  {names[key]:<12} no findings")
+        for i, f in enumerate(found):
+            head = names[key] if i == 0 else ""
+            print(f"  {head:<12} {f.severity} {f.code}: {_one_line_message(f.message)}")
     z, y = data["multiclass"]
     p = np.exp(z - z.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
@@ -287,6 +290,9 @@ def _parser() -> _Parser:
     parser = _Parser(prog="xent", description="The cross-entropy family, and which one to use.")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour the output (auto: on a terminal without NO_COLOR)")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"xent {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     p = sub.add_parser("demo", help="run xent, choose and check on the bundled example data")
     p.set_defaults(func=_demo)
@@ -354,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # never a traceback
         print(f"xent: unexpected {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line_message(text: str) -> str:
+    """The first sentence of a finding's message, on one line."""
+    text = " ".join(str(text).split())
+    return text.split(". ")[0].rstrip(".")
 
 
 def _one_line(err: BaseException) -> str:

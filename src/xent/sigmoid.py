@@ -44,8 +44,8 @@ def _safe_product(be, w, value):
 
 def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None,
                           label_smoothing: float = 0.0, focal_gamma: float = 0.0,
-                          sample_weight: Any = None, reduction: str = "mean",
-             normalizer: Any = None) -> Any:
+                          focal_alpha: Any = None, sample_weight: Any = None,
+                          reduction: str = "mean", normalizer: Any = None) -> Any:
     r"""Sigmoid (binary) cross-entropy on logits; every entry its own binary problem.
 
     Per entry, with ``y' = (1 - s) * y + s / 2`` and ``σ`` the logistic function::
@@ -80,6 +80,11 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
       label_smoothing: ``s`` in [0, 1]: labels move towards 1/2.
       focal_gamma: the focal exponent (0: plain cross-entropy); with
         ``pos_weight`` it multiplies the weighted loss.
+      focal_alpha: ``None`` (no class balancing) or ``alpha`` in [0, 1]: the
+        loss is multiplied by ``alpha * y + (1 - alpha) * (1 - y)`` (positives
+        by ``alpha``, negatives by ``1 - alpha``; torchvision's
+        ``sigmoid_focal_loss(alpha=...)``, Keras's ``BinaryFocalCrossentropy(
+        apply_class_balancing=True, alpha=...)``). Runs the plain composition.
       sample_weight: per-entry weights broadcastable to the logits' shape
         (NumPy rules: trailing axes align, so per-row weights of ``[B, C]``
         logits have shape ``[B, 1]``; a broadcast may not grow the shape).
@@ -119,6 +124,8 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     be, logits = validate.float_array(logits, "logits")
     s = validate.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     gamma = validate.scalar(focal_gamma, "focal_gamma", low=0.0)
+    alpha = None if focal_alpha is None else validate.scalar(focal_alpha, "focal_alpha", low=0.0,
+                                                      high=1.0)
     red = validate.reduction(reduction)
     xp = be.xp
     shape = validate.shape_of(logits)
@@ -128,14 +135,22 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     if pos_weight is not None:
         pw = validate.convert(be, pos_weight, logits, "pos_weight")
         validate.broadcastable_to(pw, shape, "pos_weight", "the logits' shape")
+        validate.in_range(be, pw, 0.0, float("inf"), "pos_weight", "pos_weight must be non-negative")
         pw = be.astype(pw, cdt)
     sw = reduce.sample_weights(be, sample_weight, logits, shape, cdt)
     keep = reduce.keep_mask(be, sw, None)
-    loss = kernels.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
+    # the fused fast path has no alpha: it declines and the plain composition runs
+    loss = None if alpha is not None else kernels.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
     if loss is None:
         loss = _sigmoid_loss(be, be.astype(logits, cdt), y, pw, keep, s, gamma)
+    if alpha is not None:
+        # torchvision's alpha_t: alpha on the positive part, 1 - alpha on the negative part
+        a_t = alpha * y + (1.0 - alpha) * (1.0 - y)
+        if keep is not None:
+            a_t = xp.where(keep, a_t, xp.ones_like(a_t))
+        loss = loss * a_t
     return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype,
-                    normalizer=validate.normalizer(normalizer, red, be, logits, cdt))
+                         normalizer=validate.normalizer(normalizer, red, be, logits, cdt))
 
 
 def _sigmoid_loss(be, z, y, pw, keep, s, gamma):

@@ -269,9 +269,12 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     C = shape[ax]
     elem_shape = shape[:ax] + shape[ax + 1:]
     t = validate.convert(be, labels, logits, "labels")
-    validate.same_shape(t, elem_shape, "labels",
-                 "one-hot or probability labels go to softmax_cross_entropy"
-                 if validate.shape_of(t) == shape else "")
+    tshape = validate.shape_of(t)
+    hint = "one-hot or probability labels go to softmax_cross_entropy" if tshape == shape else ""
+    if (not hint and len(shape) >= 3 and ax == len(shape) - 1
+            and tshape == shape[:1] + shape[2:]):
+        hint = "PyTorch's [B, C, T] layout puts the classes on axis 1: pass axis=1"
+    validate.same_shape(t, elem_shape, "labels", hint)
     validate.integer_labels(be, t, "labels",
                      "probability labels go to softmax_cross_entropy")
     validate.class_indices(be, t, C, ignore)

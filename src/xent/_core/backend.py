@@ -75,7 +75,8 @@ def describe(x: Any) -> str:
         return "a jax.Array"
     if lib == "tensorflow":
         return "a tf.Variable" if type(x).__name__.endswith("Variable") else "a tf.Tensor"
-    return f"a {type(x).__name__}"
+    n = type(x).__name__
+    return f"{'an' if n[:1].lower() in 'aeiou' else 'a'} {n}"
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -485,7 +486,11 @@ def backend_of(x: Any, name: str = "logits") -> tuple[Backend, Any]:
     lib = library_of(x)
     if lib is None:
         if isinstance(x, (list, tuple, int, float, bool)):
-            x = np.asarray(x)
+            try:
+                x = np.asarray(x)
+            except ValueError as err:  # a ragged list
+                raise TypeError(f"{name} could not be read as an array (are its rows of "
+                                f"different lengths?): {err}") from None
             lib = "numpy"
         else:
             raise TypeError(

@@ -7,7 +7,7 @@ Every loss computes a per-element loss ``l_i`` and hands it here with
 * ``norm``: the normalizing weight ``n_i = sw_i * cw_i`` (None means ``sw_i``);
 * ``valid``: True on the elements that are not ignored (None means all).
 
-The reductions (see ``shared/API.md``):
+The reductions (the README's table; each loss's docstring repeats it):
 
 ===========================  ====================================================
 ``"none"``                   ``sw_i * l_i``
@@ -46,6 +46,7 @@ def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int,
         sw = be.astype(sw, dtype)
     validate.broadcastable_to(sw, shape, name, "the per-element loss shape")
     sw = be.astype(sw, dtype)
+    validate.in_range(be, sw, 0.0, float("inf"), name, "sample weights must be non-negative")
     if validate.shape_of(sw) != tuple(shape):
         sw = be.xp.broadcast_to(sw, tuple(shape))
     return sw

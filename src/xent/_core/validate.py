@@ -239,9 +239,13 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
             return
         pos = be.first_true(bad)
         value = int(be.host(labels[pos]))
+    hint = ""
+    if value < 0 and ignore_index is None:
+        hint = (f"; if {value} marks padding, pass ignore_index={value} "
+                "(PyTorch's default is -100)")
     raise ValueError(
         f"{name} must be class indices in [0, {num_classes}){extra}, "
-        f"got {value} at position {pos}"
+        f"got {value} at position {pos}{hint}"
     )
 
 

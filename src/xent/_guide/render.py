@@ -1,8 +1,10 @@
 """Render ``docs/choosing.md`` from the decision table (:mod:`xent._guide.table`).
 
-``python -m xent._guide.render`` rewrites the guide; ``python -m xent._guide.render --check``
-exits 1 when the checked-in guide differs from a fresh rendering (the test
-suite does the same).
+``python -m xent._guide.render [PATH]`` writes the guide to ``PATH`` (default
+``docs/choosing.md`` under the current directory, i.e. run it from the
+repository root); ``--check`` exits 1 when the file at ``PATH`` differs from a
+fresh rendering (the test suite does the same). Nothing is written next to the
+installed package: in a wheel there is no ``docs/`` folder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from . import table as T
 
-GUIDE = Path(__file__).resolve().parents[3] / "docs" / "choosing.md"
+DEFAULT_PATH = Path("docs") / "choosing.md"
 
 _LIBS = (("xent", "xent"), ("TensorFlow", "tensorflow"), ("PyTorch", "pytorch"),
          ("Keras", "keras"), ("optax", "optax"))
@@ -123,16 +125,23 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = sys.argv[1:] if argv is None else list(argv)
+    check = "--check" in args
+    paths = [a for a in args if a != "--check"]
+    if len(paths) > 1:
+        print("usage: python -m xent._guide.render [PATH] [--check]", file=sys.stderr)
+        return 2
+    path = Path(paths[0]) if paths else DEFAULT_PATH
     text = render()
-    if "--check" in args:
-        same = GUIDE.is_file() and GUIDE.read_text() == text
+    if check:
+        same = path.is_file() and path.read_text() == text
         if not same:
-            print(f"{GUIDE} is out of date: run python -m xent._guide.render", file=sys.stderr)
+            print(f"{path} is out of date: run python -m xent._guide.render {path}",
+                  file=sys.stderr)
         return 0 if same else 1
-    GUIDE.parent.mkdir(parents=True, exist_ok=True)
-    GUIDE.write_text(text)
-    print(f"wrote {GUIDE}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
     return 0
 
 

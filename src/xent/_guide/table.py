@@ -349,7 +349,12 @@ _TORCH_F = {  # torch.nn.functional name -> (concept, note, xent override)
     "binary_cross_entropy": ("log_loss", "Takes probabilities; PyTorch clamps log at -100 "
                              "where xent adds epsilon=1e-7.", None),
     "binary_cross_entropy_with_logits": ("sigmoid", "pos_weight= is xent's pos_weight; weight= "
-                                         "is xent's sample_weight.", None),
+                                         "is xent's sample_weight, with reduction="
+                                         "\"sum_over_batch_size\" (PyTorch's mean divides "
+                                         "by the entry count, not by the weights' sum).",
+                                         "xent.sigmoid_cross_entropy(logits, labels, "
+                                         "sample_weight=weight, reduction="
+                                         "\"sum_over_batch_size\")"),
     "multilabel_soft_margin_loss": ("sigmoid", "Averages over classes, then over the batch: "
                                     "xent's mean over all entries.", None),
     "soft_margin_loss": ("sigmoid", "Labels in {-1, 1}: log(1 + exp(-y * x)) is the sigmoid "
@@ -389,6 +394,28 @@ def _names() -> list[Name]:
     out.append(Name("torch.nn.AdaptiveLogSoftmaxWithLoss", "pytorch", "linear", "mean",
                     "An approximation with frequency clusters (Grave et al. 2017); the exact "
                     "memory-light loss is linear_cross_entropy."))
+    out.append(Name("torch.nn.functional.kl_div", "pytorch", "softmax", "mean",
+                    "Distillation: kl_div(log_softmax(logits), p, reduction='batchmean') is the "
+                    "soft-label softmax cross-entropy minus the labels' entropy sum(p log p) "
+                    "per row, a constant: same gradient in the logits, a different number.",
+                    xent="xent.softmax_cross_entropy(logits, p)"))
+    out.append(Name("torchvision.ops.sigmoid_focal_loss", "pytorch", "sigmoid_focal", "none",
+                    "Defaults alpha=0.25, gamma=2, reduction='none'.",
+                    xent="xent.sigmoid_cross_entropy(logits, labels, focal_gamma=2.0, "
+                         "focal_alpha=0.25)"))
+    out.append(Name("liger_kernel.transformers.LigerCrossEntropyLoss", "pytorch",
+                    "sparse_softmax", "mean", "Liger's fused Triton kernel (ignore_index=-100, "
+                    "label_smoothing, z-loss as lse_square_scale).",
+                    xent="xent.sparse_softmax_cross_entropy(logits, labels, ignore_index=-100)"))
+    out.append(Name("liger_kernel.transformers.LigerFusedLinearCrossEntropyLoss", "pytorch",
+                    "linear", "mean", "Arguments (weight, hidden, labels): the hidden states "
+                    "and the [V, D] weight, never the [N, V] logits.",
+                    xent="xent.linear_cross_entropy(hidden, weight, labels, ignore_index=-100)"))
+    out.append(Name("cut_cross_entropy.linear_cross_entropy", "pytorch", "linear", "mean",
+                    "Apple's Cut Cross-Entropy: arguments (embeddings, classifier, labels); "
+                    "ignore_index=-100.",
+                    xent="xent.linear_cross_entropy(embeddings, classifier, labels, "
+                         "ignore_index=-100)"))
     out.append(Name("torch.nn.NLLLoss2d", "pytorch", "nll", "mean",
                     "Deprecated alias of NLLLoss (classes on axis 1: xent axis=1)."))
     for prefix, library, lo, cls in (("keras.losses", "keras", "none", "sum_over_batch_size"),
