@@ -208,3 +208,8 @@ def pytest_collection_modifyitems(config, items):
         for key, why in TF_EXCLUDED.items():
             if key in item.nodeid:
                 item.add_marker(pytest.mark.skip(reason=f"TensorFlow excluded: {why}"))
+
+
+# Worker scripts run in subprocesses; --doctest-modules must not import them here.
+collect_ignore = ["_tf_distribute.py", "_keras_fit.py", "_parallel_torch_worker.py",
+                  "_parallel_jax_worker.py"]

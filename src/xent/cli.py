@@ -169,10 +169,19 @@ def _demo(args: argparse.Namespace, style: _Style) -> int:
         import os
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
+        # TensorFlow's C++ start-up notes (absl, oneDNN) go to file descriptor 2
+        # whatever the log level says: keep them out of the demo's output
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                import tensorflow as tf
 
-        z, y = data["multiclass"]
-        v = xent.sparse_softmax_cross_entropy(tf.constant(z), tf.constant(y))
+                z, y = data["multiclass"]
+                v = xent.sparse_softmax_cross_entropy(tf.constant(z), tf.constant(y))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
         print(f"  {'on TF':<12} {'sparse_softmax_cross_entropy':<30} {float(v):.4f} (tf.Tensor)")
     names = dict(zip(("binary", "multiclass", "multilabel", "soft"),
                      ("binary", "multi-class", "multi-label", "soft labels")))
