@@ -249,15 +249,18 @@ def test_sampled_module_num_true_eval_and_leading_dims():
     (lambda: xt.BCEWithLogitsLoss(pos_weight=torch.ones(5)), lambda: (torch.randn(4, 5), torch.rand(4, 5))),
     (lambda: xt.LinearCrossEntropyLoss(3, 5), lambda: (torch.randn(4, 3), torch.tensor([0, 1, -100, 4]))),
 ])
-@pytest.mark.xfail(strict=False, reason="the xent functions do not compile with fullgraph=True "
-                   "on this branch yet (value checks read label values on the host); "
-                   "the compile work lands separately")
 def test_modules_compile_fullgraph(make, args):
+    # values and input gradients of the compiled module equal eager's
     m = make()
     x, t = args()
-    eager = m(x, t)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager = m(x1, t)
+    eager.backward()
     compiled = torch.compile(m, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(x, t), eager)
+    got = compiled(x2, t)
+    got.backward()
+    torch.testing.assert_close(got, eager)
+    torch.testing.assert_close(x2.grad, x1.grad)
 
 
 def test_import_xent_does_not_import_torch():

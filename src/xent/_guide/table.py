@@ -382,6 +382,48 @@ _XENT = {  # xent name -> concept
     "nce_loss": "nce",
 }
 
+_XENT_TORCH = ("CrossEntropyLoss", "BCEWithLogitsLoss", "LinearCrossEntropyLoss")
+_XENT_ADAPTERS = {  # the framework adapters: name -> (concept, note, call)
+    "xent.torch.CrossEntropyLoss": (
+        "sparse_softmax", "Drop-in for torch.nn.CrossEntropyLoss: torch's arguments, layouts "
+        "(classes on dim 1) and reductions; an all-ignored mean is 0, not NaN.",
+        "xent.torch.CrossEntropyLoss()(logits, labels)"),
+    "xent.torch.BCEWithLogitsLoss": (
+        "sigmoid", "Drop-in for torch.nn.BCEWithLogitsLoss (weight, pos_weight, torch's "
+        "reductions).", "xent.torch.BCEWithLogitsLoss()(logits, labels)"),
+    "xent.torch.LinearCrossEntropyLoss": (
+        "linear", "Drop-in for torch 2.13's nn.LinearCrossEntropyLoss (a linear submodule and "
+        "a weight buffer; state dicts load both ways).",
+        "xent.torch.LinearCrossEntropyLoss(in_features, num_classes)(inputs, labels)"),
+    "xent.torch.SampledSoftmaxLoss": (
+        "sampled_softmax", "A layer owning its classifier: sampled loss in train(), exact "
+        "softmax in eval().",
+        "xent.torch.SampledSoftmaxLoss(in_features, num_classes, num_sampled)(inputs, labels)"),
+    "xent.torch.NCELoss": (
+        "nce", "A layer owning its classifier: NCE in train(), exact softmax in eval().",
+        "xent.torch.NCELoss(in_features, num_classes, num_sampled)(inputs, labels)"),
+    "xent.torch.causal_lm_loss": (
+        "sparse_softmax", "transformers' ForCausalLMLoss signature: model.loss_function or "
+        "Trainer(compute_loss_func=...).",
+        "xent.torch.causal_lm_loss(logits, labels)"),
+    "xent.keras.SoftmaxCrossEntropy": (
+        "softmax", "Keras 3 Loss: (y_true, y_pred) order, Keras's reductions.",
+        "xent.keras.SoftmaxCrossEntropy()(labels, logits)"),
+    "xent.keras.SparseSoftmaxCrossEntropy": (
+        "sparse_softmax", "Keras 3 Loss: (y_true, y_pred) order, Keras's reductions.",
+        "xent.keras.SparseSoftmaxCrossEntropy()(labels, logits)"),
+    "xent.keras.SigmoidCrossEntropy": (
+        "sigmoid", "Keras 3 Loss: per-example mean over the last axis (BinaryCrossentropy's "
+        "numbers).", "xent.keras.SigmoidCrossEntropy()(labels, logits)"),
+    "xent.parallel.vocab_parallel_cross_entropy": (
+        "sparse_softmax", "Classes sharded over ranks (torch.distributed group or JAX "
+        "axis_name); exact with every option.",
+        "xent.parallel.vocab_parallel_cross_entropy(logits, labels)"),
+    "xent.parallel.vocab_parallel_linear_cross_entropy": (
+        "linear", "Classifier rows sharded over ranks; no rank holds its logits.",
+        "xent.parallel.vocab_parallel_linear_cross_entropy(inputs, classifier, labels)"),
+}
+
 
 def _names() -> list[Name]:
     """Every known name, in priority order (earlier wins for a bare, ambiguous name)."""
@@ -390,6 +432,8 @@ def _names() -> list[Name]:
         out.append(Name(f"torch.nn.functional.{f}", "pytorch", c, "mean", note, xent=xent))
     for m, f in _TORCH_NN.items():
         c, note, xent = _TORCH_F[f]
+        if m in _XENT_TORCH:
+            note = (note + " " if note else "") + f"Module form here: xent.torch.{m}."
         out.append(Name(f"torch.nn.{m}", "pytorch", c, "mean", note, xent=xent))
     out.append(Name("torch.nn.AdaptiveLogSoftmaxWithLoss", "pytorch", "linear", "mean",
                     "An approximation with frequency clusters (Grave et al. 2017); the exact "
@@ -485,6 +529,8 @@ def _names() -> list[Name]:
     out.append(Name("sklearn.metrics.log_loss", "sklearn", "log_loss", "mean",
                     "Takes probabilities. For multi-class probabilities p: "
                     "xent.sparse_softmax_cross_entropy(log(p), labels)."))
+    for n, (c, note, call) in _XENT_ADAPTERS.items():
+        out.append(Name(n, "xent", c, "mean", note, xent=call))
     return out
 
 
