@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ._core import reduce
 from ._core import validate as V
 
 __all__ = ["count", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
@@ -66,37 +67,6 @@ def _check_normalizer(normalizer):
         raise ValueError(f"normalizer must be a scalar, got shape {val.shape}")
     if not val >= 0:
         raise ValueError(f"normalizer must be non-negative, got {float(val)!r}")
-
-
-def _divide(xp, num, den):
-    if isinstance(den, (int, float)):
-        return num * 0 if den == 0 else num / den
-    zero = den == 0
-    return xp.where(zero, xp.zeros_like(num), num / xp.where(zero, xp.ones_like(den), den))
-
-
-def _reduce(xp, rows, *, sw, norm, valid, red, normalizer, astype):
-    """The five reductions (and ``normalizer``) of the per-row loss; see xent's reductions."""
-    weighted = rows if sw is None else rows * sw
-    if red == "none":
-        return weighted
-    total = xp.sum(weighted)
-    n = int(math.prod(V.shape_of(rows)))
-    if normalizer is not None:
-        den = normalizer
-        if not isinstance(den, (int, float)):
-            den = astype(den, total.dtype)
-        return _divide(xp, total, den)
-    if red == "sum":
-        return total
-    if red == "mean":
-        den = xp.sum(norm) if norm is not None else (xp.sum(sw) if sw is not None else n)
-    elif red == "sum_over_batch_size":
-        den = xp.sum(astype(valid, total.dtype)) if valid is not None else n
-    else:  # sum_by_nonzero_weights
-        w = norm if norm is not None else sw
-        den = xp.sum(astype(w != 0, total.dtype)) if w is not None else n
-    return _divide(xp, total, den)
 
 
 # ---------------------------------------------------------------------------
@@ -540,11 +510,10 @@ def _core(be, kind, arrays, lead, labels, vocab_start, group, axis_name, class_w
     if cw is not None:
         wt = xp.reshape(wt, lead)
         norm = wt if sw is None else wt * sw
-    if normalizer is not None and not isinstance(normalizer, (int, float)):
-        normalizer = V.convert(be, normalizer, like, "normalizer")
-    out = _reduce(xp, rows, sw=sw, norm=norm, valid=valid, red=red, normalizer=normalizer,
-                  astype=be.astype)
-    return be.astype(out, like.dtype)
+    # the one reduction helper every loss uses (the normalizer was checked on every rank above)
+    return reduce.reduce(be, rows, reduction=red, sample_weight=sw, norm=norm, valid=valid,
+                         out_dtype=like.dtype,
+                         normalizer=V.normalizer(normalizer, red, be, like, cdt))
 
 
 # ---------------------------------------------------------------------------
