@@ -96,3 +96,12 @@ def cases(reductions=("mean", "sum", "none", "sum_over_batch_size", "sum_by_nonz
     add("nce", lambda x, W, t, *smp: xent.nce_loss(x, W, t, num_sampled=4, sampled=smp),
         _t(x, f32), _t(Wv, f32), _t(tv), *sample)
     return out
+
+
+def grad_args(name, args):
+    """Copies of a case's arrays, with the logits (or inputs and classifier) requiring grad."""
+    args = [a.clone() for a in args]
+    args[0].requires_grad_(True)
+    if name.startswith(("linear", "sampled", "nce")):
+        args[1].requires_grad_(True)
+    return args

@@ -20,15 +20,7 @@ import pytest
 import torch
 
 import xent
-from _loss_cases import cases
-
-
-def _grad_args(name, args):
-    args = [a.clone() for a in args]
-    args[0].requires_grad_(True)
-    if name.startswith(("linear", "sampled", "nce")):
-        args[1].requires_grad_(True)
-    return args
+from _loss_cases import cases, grad_args as _grad_args
 
 
 def _run(fn, name, args):

@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import xent
-from _loss_cases import cases
+from _loss_cases import cases, grad_args as _grad_args
 from xent._core import checks
 from xent._kernels import dense_torch
 
@@ -26,14 +26,6 @@ class _CountSyncs(TorchDispatchMode):
         if func.overloadpacket in SYNCS:
             self.calls.append(str(func))
         return func(*args, **(kwargs or {}))
-
-
-def _grad_args(name, args):
-    args = [a.clone() for a in args]
-    args[0].requires_grad_(True)
-    if name.startswith(("linear", "sampled", "nce")):
-        args[1].requires_grad_(True)
-    return args
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
