@@ -23,12 +23,15 @@ informal (it includes allocator caching), but the logits' share is plain.
 
     python examples/causal_lm_linear.py                # V=32000, B=4, T=256, tiny decoder
     python examples/causal_lm_linear.py --vocab 64000
+    python examples/causal_lm_linear.py --quick        # seconds: V=1024, B=2, T=32
+    XENT_EXAMPLE_QUICK=1 python examples/causal_lm_linear.py   # the same
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -84,12 +87,20 @@ def measure(args, way: str) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vocab", type=int, default=32000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--quick", action="store_true",
+                   default=os.environ.get("XENT_EXAMPLE_QUICK", "") not in ("", "0"),
+                   help="small sizes (also XENT_EXAMPLE_QUICK=1): a run of seconds")
+    p.add_argument("--vocab", type=int, default=None)
+    p.add_argument("--dim", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--seq", type=int, default=None)
     p.add_argument("--child", choices=["logits", "linear"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    sizes = ({"vocab": 1024, "dim": 32, "batch": 2, "seq": 32} if args.quick else
+             {"vocab": 32000, "dim": 64, "batch": 4, "seq": 256})
+    for k, v in sizes.items():  # explicit options win over either set of defaults
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if args.child:
         print(json.dumps(measure(args, args.child)))
         return
