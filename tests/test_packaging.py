@@ -119,3 +119,24 @@ def test_ci_runs_the_test_command_and_the_wheel_check():
                    "(the coordinator syncs README.md; then drop this mark)")
 def test_readme_test_command_is_the_ci_command():
     assert _CI_TEST_COMMAND in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("module", ["render", "reference"])
+def test_guide_renderers_write_where_they_are_told_not_next_to_the_package(
+        module, tmp_path, monkeypatch):
+    # issue 13: the guide renderer wrote to parents[2]/docs, which a wheel does not have
+    import importlib
+
+    import xent
+
+    mod = importlib.import_module(f"xent._guide.{module}")
+    assert "parents[" not in Path(mod.__file__).read_text()
+    monkeypatch.chdir(tmp_path)  # the default path is relative to the working directory
+    target = tmp_path / "out" / ("choosing.md" if module == "render" else "ref")
+    assert mod.main([str(target)]) == 0
+    assert target.exists()
+    pkg_root = Path(xent.__file__).resolve().parents[1]
+    before = {p.name for p in pkg_root.iterdir()}
+    assert mod.main([]) == 0  # the default: docs/... under the working directory
+    assert (tmp_path / "docs").is_dir()
+    assert {p.name for p in pkg_root.iterdir()} == before
