@@ -115,8 +115,6 @@ def test_ci_runs_the_test_command_and_the_wheel_check():
     assert any(r.startswith("build") for r in test_extra)
 
 
-@pytest.mark.xfail(strict=True, reason="README.md's test command is not yet the CI's "
-                   "(the coordinator syncs README.md; then drop this mark)")
 def test_readme_test_command_is_the_ci_command():
     assert _CI_TEST_COMMAND in (ROOT / "README.md").read_text()
 
