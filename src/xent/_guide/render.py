@@ -47,7 +47,7 @@ def render() -> str:
         "|---|---|---|---|---|",
     ]
     for s in T.SITUATIONS.values():
-        call = s.call.format(labels="labels")
+        call = s.call.format(labels=s.labels_expr)
         out.append(f"| {s.title} | {s.labels} | {s.logits} | `{s.function}` | `{call}` |")
     out += ["", "The model already outputs probabilities? Binary: `xent.log_loss(p, labels)`;",
             "exclusive classes: `log(p)` are valid logits for `softmax_cross_entropy` and",

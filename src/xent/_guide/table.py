@@ -47,6 +47,8 @@ class Situation:
     why: str            # the reason, in plain words
     alternatives: tuple[str, ...]
     weight: str | None  # "pos_weight", "class_weight" or None
+    #: the labels expression of ``call`` in the guide (``choose`` writes its own)
+    labels_expr: str = "labels"
 
 
 SITUATIONS: dict[str, Situation] = {s.key: s for s in (
@@ -74,12 +76,12 @@ SITUATIONS: dict[str, Situation] = {s.key: s for s in (
         "one-hot rows, shape [B, C]",
         "[B, C]: one logit per class",
         "sparse_softmax_cross_entropy",
-        "xent.sparse_softmax_cross_entropy(logits, {labels}.argmax(-1))",
+        "xent.sparse_softmax_cross_entropy(logits, {labels})",
         "Each one-hot row holds one class, so the classes are exclusive: softmax. Their "
         "indices labels.argmax(-1) give exactly the same loss and gradients without the "
         "[B, C] label array; softmax_cross_entropy(logits, labels) takes the rows as "
         "they are (float or bool).",
-        ("softmax_cross_entropy",), "class_weight"),
+        ("softmax_cross_entropy",), "class_weight", "labels.argmax(-1)"),
     Situation(
         "soft", "soft labels (exclusive classes)",
         "probability rows that sum to 1 (label smoothing, distillation, mixup), shape [B, C]",
