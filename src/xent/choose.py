@@ -326,7 +326,11 @@ def choose(labels: Any = None, /, *, task: str | None = None, num_classes: int |
       words), ``code`` (runs as written once ``import xent`` and arrays
       ``logits`` and ``labels``, or ``inputs``, ``classifier`` and ``labels``,
       exist), ``alternatives`` and ``equivalents`` (TensorFlow, PyTorch, Keras,
-      optax).
+      optax): each peer's call on the labels as given (one-hot rows go to the
+      peers' dense losses, ``{-1, +1}`` labels as ``(labels + 1) / 2``, with the
+      casts and squeezes that library needs) and with the suggested weights written
+      in, so it gives the xent ``code``'s number; None where the peer's loss has
+      no such weights (Keras's and optax's take no class weights).
 
     Raises:
       ValueError: for labels that are neither indices nor probabilities, a
@@ -559,12 +563,46 @@ def _recommend(situation: str, kwargs: dict, labels_expr: str, seen: str, notes:
         "sigmoid_cross_entropy": "weighted_sigmoid" if "pos_weight" in kwargs
         else "sigmoid"}.get(s.function, T.lookup("xent." + s.function).concept)
     e = _concept_equivalents(concept, code)
-    if peer_labels is not None:
-        exprs = peer_labels(concept)
-        e = dataclasses.replace(e, **{
-            lib: _LABELS_ARG.sub(exprs[lib].replace("\\", "\\\\"), call)
-            for lib, call in dataclasses.asdict(e).items() if lib != "xent" and call})
+    exprs = peer_labels(concept) if peer_labels is not None else {
+        lib: "labels" for lib in _PEER_LIB}
+    calls = {lib: _LABELS_ARG.sub(exprs[lib].replace("\\", "\\\\"), call)
+             for lib, call in dataclasses.asdict(e).items() if lib != "xent" and call}
+    if "pos_weight" in kwargs or "class_weight" in kwargs:
+        calls = _weighted_peers(calls, kwargs, exprs, concept)
+    e = dataclasses.replace(e, **{lib: calls.get(lib) for lib in _PEER_LIB})
     return Recommendation(s.function, kwargs, reason, code, s.alternatives, e)
+
+
+def _weighted_peers(calls: dict, kwargs: dict, exprs: dict, concept: str) -> dict:
+    """The peer calls with the suggested weights written in (same number as the xent
+    code). Keras and optax losses take no class weights (Keras's are fit()'s
+    class_weight=): None for those."""
+    out = dict(calls)
+    if "pos_weight" in kwargs:
+        v = _fmt(kwargs["pos_weight"])
+        lits = {"tensorflow": f"tf.constant({v}, logits.dtype)",
+                "pytorch": f"torch.tensor({v}, dtype=logits.dtype)"}
+        for lib, call in calls.items():
+            out[lib] = call.replace("pos_weight=pos_weight", f"pos_weight={lits[lib]}") \
+                if lib in lits else None
+        return out
+    v = _fmt(kwargs["class_weight"])
+    tf_w, pt_w = f"tf.constant({v}, logits.dtype)", f"torch.tensor({v}, dtype=logits.dtype)"
+    if concept == "sparse_softmax":  # integer labels: the weight of each example's class
+        t = exprs["tensorflow"]
+        out["tensorflow"] = (f"tf.reduce_sum(tf.gather({tf_w}, {t}) * {calls['tensorflow']}) "
+                             f"/ tf.reduce_sum(tf.gather({tf_w}, {t}))")
+        out["pytorch"] = calls["pytorch"][:-1] + f", weight={pt_w})"
+    else:  # probability rows: weight the labels; the mean divides by the weights' sum
+        t, y = exprs["tensorflow"], exprs["pytorch"]
+        out["tensorflow"] = (f"tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits("
+                             f"labels={t} * {tf_w}, logits=logits)) / "
+                             f"tf.reduce_sum({t} * {tf_w})")
+        yw = f"{y} * {pt_w}"
+        out["pytorch"] = (f"torch.nn.functional.cross_entropy(logits, {yw}, reduction='sum') "
+                          f"/ ({yw}).sum()")
+    out["keras"] = out["optax"] = None
+    return out
 
 
 #: The ``labels`` argument in a peer call (``labels=labels`` keeps its keyword).
