@@ -464,3 +464,17 @@ def test_choose_peer_equivalents_run_on_the_labels_the_user_has(kind, lib):
     got = eval(call, _peer_env(lib, logits, labels))
     got = got.detach().numpy() if hasattr(got, "detach") else np.asarray(got)
     np.testing.assert_allclose(float(np.mean(got)), want, rtol=1e-6, err_msg=call)
+
+
+@pytest.mark.parametrize("fn", ["softmax_cross_entropy", "sigmoid_cross_entropy"])
+def test_keras_order_one_hot_floats_first_says_did_you_pass_labels_first(be, fn):
+    """Keras's (y_true, y_pred) order with float one-hot labels: the 'labels' (really the
+    logits) leave [0, 1] and the first array is all 0/1, so the error names the order."""
+    y = np.eye(3)[[0, 1, 2, 1]]
+    z = np.array([[0.5, -1.0, 2.0], [1.5, 0.2, -0.3], [0.0, 1.0, -2.0], [2.0, -0.5, 0.1]])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, .*did you pass labels "
+                                         r"first\? xent takes \(logits, labels\)"):
+        getattr(xent, fn)(be.asarray(y), be.asarray(z))
+    with pytest.raises(ValueError) as err:  # out-of-range labels with real logits: no hint
+        getattr(xent, fn)(be.asarray(z), be.asarray(z))
+    assert "labels first" not in str(err.value)

@@ -77,8 +77,29 @@ def hint(fn: Callable, kwargs: dict) -> str | None:
     return None
 
 
+_SWAPPED = ("; did you pass labels first? xent takes (logits, labels): the first array "
+            "holds only 0s and 1s, like labels (Keras's order is (y_true, y_pred))")
+
+
+def _all_zero_one(x: Any) -> bool:
+    """Whether ``x`` holds only 0s and 1s (read on the error path only)."""
+    import numpy as np
+
+    try:
+        if hasattr(x, "detach"):  # torch
+            x = x.detach().cpu().float().numpy()
+        a = np.asarray(x, dtype=np.float64)
+    except Exception:  # a tracer, or something NumPy cannot read: no hint
+        return False
+    return a.size > 0 and bool(np.all((a == 0) | (a == 1)))
+
+
 def hinted(fn: Callable) -> Callable:
-    """``fn`` with peer-habit hints on its ``TypeError``s (same signature and docstring)."""
+    """``fn`` with peer-habit hints on its errors (same signature and docstring).
+
+    ``TypeError``: the keyword hints above. ``ValueError`` "labels must be in [0, ...]"
+    while the first array holds only 0s and 1s: the arrays were passed labels first.
+    """
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -91,5 +112,10 @@ def hinted(fn: Callable) -> Callable:
             if msg is None:
                 raise
             raise TypeError(f"{msg} ({err})") from None
+        except ValueError as err:
+            if not (str(err).startswith("labels must be in [0,") and args
+                    and _all_zero_one(args[0])):
+                raise
+            raise ValueError(f"{err}{_SWAPPED}") from None
 
     return call
