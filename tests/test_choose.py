@@ -177,8 +177,13 @@ def test_one_hot_uses_the_indices(be, rng, dtype):
     y = np.eye(4)[idx].astype(dtype)
     r = xent.choose(be.asarray(y))
     assert r.function == "sparse_softmax_cross_entropy"
-    cast = ".long()" if (be.name, dtype) == ("torch", "bool") else ""  # no bool argmax in torch
-    assert r.code == f"xent.sparse_softmax_cross_entropy(logits, labels{cast}.argmax(-1))"
+    if be.name == "tensorflow":  # TF tensors have no .argmax; tf.argmax has no bool kernel
+        idx_expr = ("tf.argmax(tf.cast(labels, 'int64'), -1)" if dtype == "bool"
+                    else "tf.argmax(labels, -1)")
+    else:  # no bool argmax in torch
+        idx_expr = "labels.long().argmax(-1)" if (be.name, dtype) == ("torch", "bool") \
+            else "labels.argmax(-1)"
+    assert r.code == f"xent.sparse_softmax_cross_entropy(logits, {idx_expr})"
     assert "one-hot" in r.reason
     z = rng.normal(size=(12, 4))
     np.testing.assert_allclose(run(r.code, be, z, y),
@@ -266,8 +271,11 @@ def test_huge_vocabulary_recommends_linear_cross_entropy(be, rng, one_hot):
     assert r.kwargs == {}
     assert {"sampled_softmax_loss", "sparse_softmax_cross_entropy"} <= set(r.alternatives)
     assert "training only" in r.reason.lower() and "evaluate with the exact loss" in r.reason
-    assert r.code.startswith("xent.linear_cross_entropy(inputs, classifier, labels")
-    assert r.equivalents.pytorch.startswith("torch.nn.functional.linear_cross_entropy")
+    idx_expr = "labels" if not one_hot else (
+        "tf.argmax(labels, -1)" if be.name == "tensorflow" else "labels.argmax(-1)")
+    assert r.code == f"xent.linear_cross_entropy(inputs, classifier, {idx_expr})"
+    assert r.equivalents.pytorch == ("torch.nn.functional.linear_cross_entropy(inputs, "
+                                     f"classifier, {'labels.argmax(-1)' if one_hot else 'labels'})")
     if not HAS_LINEAR:
         pytest.skip("xent.linear_cross_entropy is built on another branch")
     x, W = rng.normal(size=(4, 3)), rng.normal(size=(V, 3)) * 0.1
@@ -313,7 +321,7 @@ DESCRIBED = [
     (dict(task="multi-class", num_classes=10), "sparse_softmax_cross_entropy", "indices"),
     (dict(num_classes=10), "sparse_softmax_cross_entropy", "indices"),
     (dict(exclusive=True), "sparse_softmax_cross_entropy", "indices"),
-    (dict(task="one_hot"), "sparse_softmax_cross_entropy", "one_hot"),
+    (dict(task="one_hot"), "softmax_cross_entropy", "one_hot"),  # rows as they are
     (dict(task="soft"), "softmax_cross_entropy", "soft"),
     (dict(task="multiclass", soft=True), "softmax_cross_entropy", "soft"),
     (dict(exclusive=True, soft=True), "softmax_cross_entropy", "soft"),
@@ -438,7 +446,7 @@ def test_checked_in_guide_is_fresh():
 def test_guide_renders_every_situation_finding_and_name():
     text = _guide.render()
     for s in T.SITUATIONS.values():
-        assert s.call.format(labels="labels") in text
+        assert s.call.format(labels=s.labels_expr) in text
     for code in T.FINDINGS:
         assert f"`{code}`" in text
     for n in T.NAMES:

@@ -190,6 +190,34 @@ def test_equivalents_text_and_json(capsys):
     assert got["xent"] == xent.equivalents("tf.contrib.losses.log_loss").xent
 
 
+def test_equivalents_says_which_peer_call_gives_the_same_number_or_why_not(capsys):
+    from xent._guide import table as _table
+
+    code, out, _ = run(["equivalents", "nn.BCEWithLogitsLoss"], capsys)
+    assert code == 0
+    assert 'sample_weight=weight, reduction="sum_over_batch_size"' in out
+    assert "Same number as  torch.nn.BCEWithLogitsLoss(weight=weight)(logits, labels)" in out
+    code, out, _ = run(["equivalents", "tf.nn.nce_loss"], capsys)
+    assert "Not checked  random candidates" in out
+    code, out, _ = run(["equivalents", "keras.losses.binary_crossentropy", "--json"], capsys)
+    got = json.loads(out)
+    assert got["xent"].endswith(".mean(-1)")  # Keras's function averages the last axis
+    entry = _table.lookup("keras.losses.binary_crossentropy")
+    assert got["same_number_as"] == entry.peer and got["unchecked"] == ""
+    code, out, _ = run(["equivalents", "CategoricalCrossentropy"], capsys)
+    assert "xent.keras.SoftmaxCrossEntropy()" in out
+
+
+def test_choose_on_one_hot_prints_the_peers_dense_calls(tmp_path, capsys):
+    path = tmp_path / "labels.npy"
+    np.save(path, np.eye(3)[[0, 1, 2, 1, 0, 2]])
+    code, out, _ = run(["choose", "--labels", str(path)], capsys)
+    assert code == 0
+    assert "tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)" in out
+    assert "keras.losses.categorical_crossentropy(labels, logits, from_logits=True)" in out
+    assert "sparse_softmax_cross_entropy_with_logits" not in out
+
+
 def test_equivalents_list(capsys):
     from xent._guide import table as _table
 

@@ -396,3 +396,85 @@ def test_sampled_xent_calls_run_once_built(key):
     env = {"xent": xent, "inputs": rng.normal(size=(4, 3)), "classifier": rng.normal(size=(10, 3)),
            "labels": np.array([1, 2, 3, 9]), "num_sampled": 3, "bias": np.zeros(10)}
     assert np.isfinite(float(np.asarray(eval(call, env))))
+
+
+# -- every name: its own call at its defaults against the xent call the table prints ----------
+
+PEER_ROOTS = {"tf": "tensorflow", "torch": "torch", "torchvision": "torchvision",
+              "keras": "keras", "optax": "optax", "sklearn": "sklearn", "xent": "xent"}
+
+
+def _name_env(entry, side, d):
+    """The variables of a name's calls as arrays of the library that runs ``side``."""
+    kind = entry.labels or T.CONCEPTS[entry.concept].labels
+    labels = {"probabilities": d["probs"], "indices": d["indices"],
+              "multi_hot": d["multi_hot"], "binary": d["binary"],
+              "plus_minus_one": 2 * d["multi_hot"] - 1}[kind]
+    raw = {"logits": d["logits"], "labels": labels,
+           "probabilities": d["p_binary"] if kind == "binary" else d["probs"],
+           "log_probabilities": _log_softmax(d["logits"]), "pos_weight": d["pos_weight"],
+           "weight": W[:, None], "inputs": d["inputs"], "classifier": d["classifier"]}
+    head = side.split(".")[0] if side != "xent" else "xent"
+    if side == "xent" and (entry.xent_call() or "").startswith("xent.torch."):
+        head = "torch"
+    conv = {"tf": tf.constant, "torch": torch.as_tensor, "torchvision": torch.as_tensor,
+            "optax": jnp.asarray}.get(head, np.asarray)
+    env = {k: conv(v) for k, v in raw.items()}
+    env.update(tf=tf, torch=torch, keras=keras, optax=optax, xent=xent)
+    for lib, sub in (("sklearn", "sklearn.metrics"), ("torchvision", "torchvision.ops")):
+        if head == lib:
+            importlib.import_module(sub)  # a submodule is an attribute once imported
+            env[lib] = importlib.import_module(lib)
+    return env
+
+
+def _value(x):
+    if isinstance(x, torch.Tensor):
+        x = x.detach().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+@pytest.mark.parametrize("entry", T.NAMES, ids=lambda n: n.name)
+def test_every_name_reproduces_its_peer_at_the_peers_defaults(entry):
+    """The xent call ``equivalents`` and docs/choosing.md print for a name gives that
+    name's own number, at its defaults (from_logits=True where Keras takes logits), value
+    for value and shape for shape; a name that cannot be run says why in the table."""
+    if entry.peer is None:
+        assert entry.unchecked, f"{entry.name}: neither a peer call nor a reason"
+        pytest.skip(f"{entry.name}: {entry.unchecked}")
+    assert not entry.unchecked
+    root = PEER_ROOTS.get(entry.peer.split(".")[0])
+    assert root is not None, entry.peer
+    pytest.importorskip(root, reason=f"{entry.name}: the peer library {root} is not installed")
+    d = _data()
+    want = _value(eval(entry.peer, _name_env(entry, entry.peer, d)))
+    call = xent.equivalents(entry.name).xent
+    assert call == entry.xent_call()
+    got = _value(eval(call, _name_env(entry, "xent", d)))
+    assert got.shape == want.shape, (call, entry.peer)
+    # Keras computes in float32 (its floatx); everything else here is float64
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7,
+                               err_msg=f"{entry.peer} vs {call}")
+
+
+KERAS_CLASS_NAMES = [n for n in T.NAMES if n.library in ("keras", "tensorflow")
+                     and ".losses." in n.name and n.name.rsplit(".", 1)[-1] in T.KERAS_CLASSES]
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "sum", None])
+@pytest.mark.parametrize("entry", KERAS_CLASS_NAMES, ids=lambda n: n.name)
+def test_keras_class_names_point_to_the_xent_keras_class_with_keras_numbers(entry, reduction):
+    """Every Keras / tf.keras loss class the table knows names its xent.keras class, and
+    that class gives the Keras class's number (from_logits=True), with fit's sample_weight
+    and each of Keras's reductions."""
+    ours_name = T.KERAS_CLASSES[entry.name.rsplit(".", 1)[-1]]
+    assert f"xent.keras.{ours_name}()" in entry.note
+    d = _data()
+    env = _name_env(entry, "keras", d)
+    theirs = resolve(entry.name)(from_logits=True, reduction=reduction)
+    ours = getattr(xent.keras, ours_name)(reduction=reduction)
+    for sw in (None, W):
+        want = _value(theirs(env["labels"], env["logits"], sample_weight=sw))
+        got = _value(ours(env["labels"], env["logits"], sample_weight=sw))
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

@@ -281,3 +281,200 @@ def test_ragged_list_error_names_the_argument():
         xent.sparse_softmax_cross_entropy([[1.0, 2.0], [3.0]], np.array([0, 1]))
     with pytest.raises(TypeError, match="labels could not be read"):
         xent.sparse_softmax_cross_entropy(np.zeros((2, 2)), [[0], [1, 2]])
+
+
+# -- peer-habit hints in the losses' own TypeErrors ---------------------------------------
+
+import inspect  # noqa: E402
+
+_LOSS_CALLS = {  # public loss -> (positional arrays) builder
+    "softmax_cross_entropy": lambda: (np.zeros((3, 4)), np.full((3, 4), 0.25)),
+    "sparse_softmax_cross_entropy": lambda: (np.zeros((3, 4)), np.array([0, 1, 2])),
+    "sigmoid_cross_entropy": lambda: (np.zeros((3, 4)), np.ones((3, 4))),
+    "log_loss": lambda: (np.full(3, 0.5), np.array([0.0, 1.0, 1.0])),
+    "linear_cross_entropy": lambda: (np.zeros((3, 2)), np.zeros((4, 2)), np.array([0, 1, 2])),
+    "sampled_softmax_loss": lambda: (np.zeros((3, 2)), np.zeros((4, 2)), np.array([0, 1, 2])),
+    "nce_loss": lambda: (np.zeros((3, 2)), np.zeros((4, 2)), np.array([0, 1, 2])),
+}
+
+
+@pytest.mark.parametrize("fn", list(_LOSS_CALLS))
+@pytest.mark.parametrize("key", ["weight", "weights"])
+def test_weight_keyword_points_to_class_weight_or_sample_weight(fn, key):
+    f = getattr(xent, fn)
+    params = inspect.signature(f).parameters
+    extra = {"num_sampled": 2} if "num_sampled" in params else {}
+    with pytest.raises(TypeError, match=rf"no {key}= argument") as err:
+        f(*_LOSS_CALLS[fn](), **{key: np.ones(3)}, **extra)
+    msg = str(err.value)
+    assert "sample_weight=" in msg
+    assert ("class_weight=" in msg) == ("class_weight" in params)
+    assert f"unexpected keyword argument '{key}'" in msg  # Python's own words kept
+
+
+@pytest.mark.parametrize("key, match", [
+    ("size_average", "reduction='mean', 'sum' or 'none'"),
+    ("reduce", "reduction='mean', 'sum' or 'none'"),
+    ("pos_weight", "pos_weight is for sigmoid_cross_entropy"),
+    ("from_logits", "always takes logits"),
+])
+def test_old_torch_and_keras_keywords_get_a_hint(key, match):
+    z, y = np.zeros((3, 4)), np.array([0, 1, 2])
+    with pytest.raises(TypeError, match=match):
+        xent.sparse_softmax_cross_entropy(z, y, **{key: True})
+
+
+@pytest.mark.parametrize("fn", ["softmax_cross_entropy", "sparse_softmax_cross_entropy",
+                                "sigmoid_cross_entropy"])
+@pytest.mark.parametrize("names", [("labels", "logits"), ("y_true", "y_pred")])
+def test_tf_labels_logits_keywords_say_xent_takes_logits_labels_positionally(fn, names):
+    z, y = _LOSS_CALLS[fn]()
+    kw = dict(zip(names, (y, z)))
+    with pytest.raises(TypeError) as err:
+        getattr(xent, fn)(**kw)
+    msg = str(err.value)
+    assert f"{fn}(logits, labels)" in msg and "positionally" in msg
+    assert "labels=..., logits=..." in msg and "(y_true, y_pred)" in msg
+    assert "other way round" in msg
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_labels_first_order_says_did_you_pass_labels_first(be, dtype):
+    labels = np.array([0, 1, 1, 0]).astype(dtype)
+    logits = np.array([0.3, -1.2, 2.0, 0.1])
+    for fn, lab in (("sparse_softmax_cross_entropy", np.array([[0.1, 0.2]] * 4)),
+                    ("sigmoid_cross_entropy", logits),
+                    ("softmax_cross_entropy", np.array([[0.1, 0.2]] * 4))):
+        with pytest.raises(TypeError, match=r"did you pass labels first\? xent takes "
+                                            r"\(logits, labels\)"):
+            getattr(xent, fn)(be.asarray(labels if fn == "sigmoid_cross_entropy"
+                                         else np.eye(2)[labels.astype(int)].astype(dtype)),
+                              be.asarray(lab))
+    with pytest.raises(TypeError, match=r"did you pass labels first\? xent takes "
+                                        r"\(probabilities, labels\)"):
+        xent.log_loss(be.asarray(labels), be.asarray(np.full(4, 0.5)))
+
+
+def test_hinted_losses_keep_signature_docstring_and_other_errors():
+    for fn in _LOSS_CALLS:
+        f = getattr(xent, fn)
+        assert f.__name__ == fn and f.__doc__ and f.__wrapped__.__name__ == fn
+        assert str(inspect.signature(f)) == str(inspect.signature(f.__wrapped__))
+    # a TypeError the keywords do not explain comes through unchanged
+    with pytest.raises(TypeError, match=r"^.*unexpected keyword argument 'bogus'$"):
+        xent.sparse_softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), bogus=1)
+    # the right call still gives the float64 number
+    z = np.array([[0.5, -1.0, 2.0], [0.0, 1.0, -2.0]])
+    y = np.array([2, 0])
+    m = z.max(1, keepdims=True)
+    lp = z - m - np.log(np.exp(z - m).sum(1, keepdims=True))
+    np.testing.assert_allclose(xent.sparse_softmax_cross_entropy(z, y),
+                               -lp[[0, 1], y].mean(), rtol=1e-12)
+
+
+# -- choose: the peer equivalents run on the labels the user has ------------------------------
+
+def _peer_env(lib, logits, labels):
+    """``logits`` / ``labels`` as arrays of peer ``lib``, with its modules imported."""
+    if lib == "tensorflow":
+        tf = pytest.importorskip("tensorflow")
+        return {"tf": tf, "logits": tf.constant(logits), "labels": tf.constant(labels)}
+    if lib == "pytorch":
+        torch = pytest.importorskip("torch")
+        return {"torch": torch, "logits": torch.as_tensor(logits),
+                "labels": torch.as_tensor(labels)}
+    if lib == "keras":
+        keras = pytest.importorskip("keras")
+        return {"keras": keras, "logits": logits, "labels": labels}
+    optax = pytest.importorskip("optax")
+    jnp = pytest.importorskip("jax.numpy")
+    return {"optax": optax, "logits": jnp.asarray(logits), "labels": jnp.asarray(labels)}
+
+
+def _situation_data(kind, rng):
+    B, C = 12, 4
+    idx = np.arange(B) % C
+    if kind.endswith("_imbalanced"):  # class 0 (or the negatives) 5x and more frequent
+        kind = kind[:-len("_imbalanced")]
+        B = 30
+        idx = np.where(np.arange(B) < 25, 0, np.arange(B) % 3 + 1)
+        if kind.startswith("onehot"):
+            return rng.normal(size=(B, C)) * 2, np.eye(C)[idx].astype(kind.split("_")[1])
+        if kind == "integer":
+            return rng.normal(size=(B, C)) * 2, idx
+        if kind == "pm1":
+            return rng.normal(size=B), np.where(idx == 0, -1, 1)
+        if kind == "binary":
+            return rng.normal(size=B), (idx > 0).astype(np.float64)
+        multi = np.zeros((B, C))
+        multi[np.arange(B), idx] = 1
+        multi[:3, 2] = 1  # some rows with two 1s
+        return rng.normal(size=(B, C)), multi
+    z = rng.normal(size=(B, C)) * 2
+    if kind.startswith("onehot"):
+        return z, np.eye(C)[idx].astype(kind.split("_")[1])
+    if kind.startswith("pm1"):
+        y = np.where(np.arange(B) % 2 == 0, -1, 1).astype(kind.split("_")[1])
+        return rng.normal(size=B), y
+    if kind == "b1_integer":
+        return z, idx[:, None]
+    if kind == "integer":
+        return z, idx
+    if kind == "float_indices":
+        return z, idx.astype(np.float32)
+    if kind == "binary":
+        return rng.normal(size=B), (np.arange(B) % 2).astype(np.float64)
+    if kind == "binary_int":
+        return rng.normal(size=B), np.arange(B) % 2
+    multi = (rng.random((B, C)) < 0.4).astype(np.float64)
+    multi[0] = [1, 1, 0, 0]  # at least one row with two 1s
+    return z, multi
+
+
+SITUATION_KINDS = ["onehot_float64", "onehot_float32", "onehot_int64", "onehot_bool",
+                   "pm1_float64", "pm1_int64", "b1_integer", "integer", "float_indices",
+                   "binary", "binary_int", "multilabel", "onehot_float64_imbalanced",
+                   "onehot_int64_imbalanced", "integer_imbalanced", "pm1_imbalanced",
+                   "binary_imbalanced", "multilabel_imbalanced"]
+
+
+@pytest.mark.parametrize("kind", SITUATION_KINDS)
+@pytest.mark.parametrize("lib", ["tensorflow", "pytorch", "keras", "optax"])
+def test_choose_peer_equivalents_run_on_the_labels_the_user_has(kind, lib):
+    """One-hot labels get the peers' dense calls (not sparse ops on one-hot rows), -1/+1
+    labels the peers' binary calls on (labels + 1) / 2; every peer number is the xent
+    code's number on the same data."""
+    rng = np.random.default_rng(13)
+    logits, labels = _situation_data(kind, rng)
+    if logits.dtype != np.float64:
+        logits = logits.astype(np.float64)
+    r = xent.choose(labels)
+    want = float(_run_code(r.code, logits, labels))
+    call = getattr(r.equivalents, lib)
+    weighted = {"pos_weight", "class_weight"} & set(r.kwargs)
+    assert bool(weighted) == kind.endswith("_imbalanced"), r.kwargs
+    if weighted and lib in ("keras", "optax"):  # their losses take no class weights
+        assert call is None, call
+        return
+    assert call is not None, (lib, r.equivalents)
+    if kind.startswith("onehot"):
+        assert "sparse" not in call and "integer_labels" not in call, call
+    if kind.startswith("pm1"):
+        assert "(labels + 1) / 2" in call and "sparse" not in call, call
+    got = eval(call, _peer_env(lib, logits, labels))
+    got = got.detach().numpy() if hasattr(got, "detach") else np.asarray(got)
+    np.testing.assert_allclose(float(np.mean(got)), want, rtol=1e-6, err_msg=call)
+
+
+@pytest.mark.parametrize("fn", ["softmax_cross_entropy", "sigmoid_cross_entropy"])
+def test_keras_order_one_hot_floats_first_says_did_you_pass_labels_first(be, fn):
+    """Keras's (y_true, y_pred) order with float one-hot labels: the 'labels' (really the
+    logits) leave [0, 1] and the first array is all 0/1, so the error names the order."""
+    y = np.eye(3)[[0, 1, 2, 1]]
+    z = np.array([[0.5, -1.0, 2.0], [1.5, 0.2, -0.3], [0.0, 1.0, -2.0], [2.0, -0.5, 0.1]])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, .*did you pass labels "
+                                         r"first\? xent takes \(logits, labels\)"):
+        getattr(xent, fn)(be.asarray(y), be.asarray(z))
+    with pytest.raises(ValueError) as err:  # out-of-range labels with real logits: no hint
+        getattr(xent, fn)(be.asarray(z), be.asarray(z))
+    assert "labels first" not in str(err.value)

@@ -9,6 +9,7 @@ these are diagnostics for eager code, not for use inside ``jax.jit``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import numpy as np
@@ -325,7 +326,11 @@ def choose(labels: Any = None, /, *, task: str | None = None, num_classes: int |
       words), ``code`` (runs as written once ``import xent`` and arrays
       ``logits`` and ``labels``, or ``inputs``, ``classifier`` and ``labels``,
       exist), ``alternatives`` and ``equivalents`` (TensorFlow, PyTorch, Keras,
-      optax).
+      optax): each peer's call on the labels as given (one-hot rows go to the
+      peers' dense losses, ``{-1, +1}`` labels as ``(labels + 1) / 2``, with the
+      casts and squeezes that library needs) and with the suggested weights written
+      in, so it gives the xent ``code``'s number; None where the peer's loss has
+      no such weights (Keras's and optax's take no class weights).
 
     Raises:
       ValueError: for labels that are neither indices nor probabilities, a
@@ -371,9 +376,14 @@ def choose(labels: Any = None, /, *, task: str | None = None, num_classes: int |
     kwargs, balance = _balance(seen, imbalanced)
     if seen.ignore_index is not None:
         kwargs["ignore_index"] = seen.ignore_index
-    return _recommend(seen.situation, kwargs, _labels_expr(seen, labels, y.dtype.kind),
+    kind = y.dtype.kind
+    peer = _peer_concept(seen)
+    if peer is not None:
+        seen.notes.append("The peer calls listed take the one-hot rows as they are.")
+    return _recommend(seen.situation, kwargs, _labels_expr(seen, labels, kind),
                       f"Your labels: {seen.what}, shape {list(seen.shape)}.",
-                      [balance] + seen.notes)
+                      [balance] + seen.notes, peer_concept=peer,
+                      peer_labels=lambda concept: _peer_labels(seen, kind, concept))
 
 
 def _task(task: Any) -> str:
@@ -407,23 +417,77 @@ def _agree(seen: _Seen, wanted: str | None, exclusive: bool | None, soft: bool |
         raise ValueError(f"soft=False does not fit the labels: they are {seen.what}")
 
 
-def _labels_expr(seen: _Seen, labels: Any, kind: str) -> str:
-    if seen.pm1:
-        return "(labels + 1) / 2"
-    expr = "labels"
-    torch_bool_rows = (kind == "b" and library_of(labels) == "torch"
-                       and seen.situation in ("onehot", "huge"))
-    if seen.cast or torch_bool_rows:  # torch has no argmax for bool
-        lib = library_of(labels)
-        expr = ("labels.long()" if lib == "torch" else "tf.cast(labels, 'int64')"
-                if lib == "tensorflow" else "labels.astype('int64')")
-    if seen.situation == "huge" and len(seen.shape) >= 2 and seen.shape[-1] == seen.num_classes:
-        expr += ".argmax(-1)"
+# How each library spells the label conversions ``choose`` writes into its calls.
+_OPS = {
+    "xent": {"float": "{e}", "int": "{e}.astype('int64')", "argmax": "{e}.argmax(-1)",
+             "squeeze": "{e}.squeeze(-1)"},
+    "torch": {"float": "{e}.to(logits.dtype)", "int": "{e}.long()", "argmax": "{e}.argmax(-1)",
+              "squeeze": "{e}.squeeze(-1)"},
+    "tensorflow": {"float": "tf.cast({e}, logits.dtype)", "int": "tf.cast({e}, 'int64')",
+                   "argmax": "tf.argmax({e}, -1)", "squeeze": "tf.squeeze({e}, -1)"},
+    "keras": {"float": "{e}", "int": "{e}", "argmax": "keras.ops.argmax({e}, -1)",
+              "squeeze": "{e}"},  # Keras casts y_true and squeezes [B, 1] itself
+    "optax": {"float": "{e}", "int": "{e}.astype('int32')", "argmax": "{e}.argmax(-1)",
+              "squeeze": "{e}.squeeze(-1)"},
+}
+_PEER_LIB = {"tensorflow": "tensorflow", "pytorch": "torch", "keras": "keras",
+             "optax": "optax"}
+
+
+def _steps(seen: _Seen, kind: str, lib: str | None, peer_concept: str) -> list[str]:
+    """The conversions the labels need before ``lib``'s call (``_OPS`` keys, in order).
+
+    ``lib`` is the labels' library for the xent call (its own methods), or a peer
+    library for the peer calls; ``peer_concept`` is the concept whose call takes them.
+    """
+    dense = peer_concept in ("softmax", "sigmoid", "weighted_sigmoid", "sigmoid_focal")
+    if seen.pm1 or dense:
+        # float targets: torch and TF want the logits' dtype, the others cast themselves
+        return ["float"] if (seen.pm1 or kind in "biu") and lib in ("torch", "tensorflow") \
+            else []
+    steps = []
+    if seen.cast or (kind == "b" and lib in ("torch", "tensorflow")
+                     and seen.situation in ("onehot", "huge")):
+        steps.append("int")  # float class indices; torch and TF have no argmax for bool
+    if seen.situation in ("onehot", "huge") and len(seen.shape) >= 2 \
+            and seen.shape[-1] == seen.num_classes:
+        steps.append("argmax")
     if (seen.situation in ("multiclass", "huge") and len(seen.shape) >= 2
             and seen.shape[-1] == 1 and seen.num_classes != 1):
-        # [B, 1] class indices: the sparse loss wants [B] (the logits are [B, C])
-        expr += ".squeeze(-1)"
+        steps.append("squeeze")  # [B, 1] class indices: the sparse loss wants [B]
+    return steps
+
+
+def _apply(steps: list[str], lib: str, expr: str) -> str:
+    ops = _OPS[lib if lib in _OPS else "xent"]
+    for step in steps:
+        if ops[step].startswith("{e}.") and " " in expr:
+            expr = f"({expr})"  # a method of the whole expression
+        expr = ops[step].format(e=expr)
     return expr
+
+
+def _labels_expr(seen: _Seen, labels: Any, kind: str) -> str:
+    """The labels expression in the xent ``code`` (methods of the labels' own library)."""
+    if seen.pm1:
+        return "(labels + 1) / 2"
+    concept = "sparse_softmax" if seen.situation in ("onehot", "huge") else ""
+    lib = library_of(labels)
+    return _apply(_steps(seen, kind, lib, concept), lib or "xent", "labels")
+
+
+def _peer_concept(seen: _Seen) -> str | None:
+    """The concept whose peer calls take the user's labels as they are (None: as xent's)."""
+    if seen.situation == "onehot":
+        return "softmax"  # one-hot rows: the peers' dense (probability-target) calls
+    return None
+
+
+def _peer_labels(seen: _Seen, kind: str, concept: str) -> dict[str, str]:
+    """Per peer library, the labels expression its call needs."""
+    base = "(labels + 1) / 2" if seen.pm1 else "labels"
+    return {field: _apply(_steps(seen, kind, lib, concept), lib, base)
+            for field, lib in _PEER_LIB.items()}
 
 
 def _describe(wanted: str | None, num_classes: int | None, exclusive: bool | None,
@@ -468,23 +532,81 @@ def _describe(wanted: str | None, num_classes: int | None, exclusive: bool | Non
         notes.append(f"Imbalanced: pass {s.weight}, computed from your labels by "
                      f"xent.choose(labels, imbalanced=True): "
                      f"{T.WEIGHT_FORMULAS[s.weight]}.")
+    if wanted == "onehot":
+        notes.append("Described, the one-hot rows go in as they are, so the code runs in "
+                     "every library; given the labels themselves, choose writes the "
+                     "cheaper sparse call on their indices (labels.argmax(-1), in "
+                     "TensorFlow tf.argmax(labels, -1)).")
     return _recommend(wanted, kwargs, "labels",
-                      f"Described: {s.title}{classes}; labels are {s.labels}.", notes, extra)
+                      f"Described: {s.title}{classes}; labels are {s.labels}.", notes, extra,
+                      peer_concept="softmax" if wanted == "onehot" else None,
+                      dense=wanted == "onehot")
 
 
 def _recommend(situation: str, kwargs: dict, labels_expr: str, seen: str, notes: list,
-               extra: str = "") -> Recommendation:
+               extra: str = "", peer_concept: str | None = None,
+               peer_labels: Any = None, dense: bool = False) -> Recommendation:
+    """The recommendation; ``peer_labels(concept)`` gives each peer's labels expression;
+    ``dense`` takes one-hot rows as they are (``softmax_cross_entropy``)."""
     s = T.SITUATIONS[situation]
+    if dense:
+        s = dataclasses.replace(s, function="softmax_cross_entropy",
+                                call="xent.softmax_cross_entropy(logits, {labels})",
+                                alternatives=("sparse_softmax_cross_entropy",))
     args = "".join(f", {k}={_fmt(v)}" for k, v in kwargs.items())
     if extra:
         args += ", " + extra
     code = s.call.format(labels=labels_expr)[:-1] + args + ")"
     reason = " ".join(p for p in [seen, f"Use {s.function} with logits {s.logits}.", s.why]
                       + notes if p)
-    concept = {"sigmoid_cross_entropy": "weighted_sigmoid" if "pos_weight" in kwargs
-               else "sigmoid"}.get(s.function, T.lookup("xent." + s.function).concept)
-    return Recommendation(s.function, kwargs, reason, code, s.alternatives,
-                          _concept_equivalents(concept, code))
+    concept = peer_concept or {
+        "sigmoid_cross_entropy": "weighted_sigmoid" if "pos_weight" in kwargs
+        else "sigmoid"}.get(s.function, T.lookup("xent." + s.function).concept)
+    e = _concept_equivalents(concept, code)
+    exprs = peer_labels(concept) if peer_labels is not None else {
+        lib: "labels" for lib in _PEER_LIB}
+    calls = {lib: _LABELS_ARG.sub(exprs[lib].replace("\\", "\\\\"), call)
+             for lib, call in dataclasses.asdict(e).items() if lib != "xent" and call}
+    if "pos_weight" in kwargs or "class_weight" in kwargs:
+        calls = _weighted_peers(calls, kwargs, exprs, concept)
+    e = dataclasses.replace(e, **{lib: calls.get(lib) for lib in _PEER_LIB})
+    return Recommendation(s.function, kwargs, reason, code, s.alternatives, e)
+
+
+def _weighted_peers(calls: dict, kwargs: dict, exprs: dict, concept: str) -> dict:
+    """The peer calls with the suggested weights written in (same number as the xent
+    code). Keras and optax losses take no class weights (Keras's are fit()'s
+    class_weight=): None for those."""
+    out = dict(calls)
+    if "pos_weight" in kwargs:
+        v = _fmt(kwargs["pos_weight"])
+        lits = {"tensorflow": f"tf.constant({v}, logits.dtype)",
+                "pytorch": f"torch.tensor({v}, dtype=logits.dtype)"}
+        for lib, call in calls.items():
+            out[lib] = call.replace("pos_weight=pos_weight", f"pos_weight={lits[lib]}") \
+                if lib in lits else None
+        return out
+    v = _fmt(kwargs["class_weight"])
+    tf_w, pt_w = f"tf.constant({v}, logits.dtype)", f"torch.tensor({v}, dtype=logits.dtype)"
+    if concept == "sparse_softmax":  # integer labels: the weight of each example's class
+        t = exprs["tensorflow"]
+        out["tensorflow"] = (f"tf.reduce_sum(tf.gather({tf_w}, {t}) * {calls['tensorflow']}) "
+                             f"/ tf.reduce_sum(tf.gather({tf_w}, {t}))")
+        out["pytorch"] = calls["pytorch"][:-1] + f", weight={pt_w})"
+    else:  # probability rows: weight the labels; the mean divides by the weights' sum
+        t, y = exprs["tensorflow"], exprs["pytorch"]
+        out["tensorflow"] = (f"tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits("
+                             f"labels={t} * {tf_w}, logits=logits)) / "
+                             f"tf.reduce_sum({t} * {tf_w})")
+        yw = f"{y} * {pt_w}"
+        out["pytorch"] = (f"torch.nn.functional.cross_entropy(logits, {yw}, reduction='sum') "
+                          f"/ ({yw}).sum()")
+    out["keras"] = out["optax"] = None
+    return out
+
+
+#: The ``labels`` argument in a peer call (``labels=labels`` keeps its keyword).
+_LABELS_ARG = re.compile(r"\blabels\b(?!=)")
 
 
 # -- check --------------------------------------------------------------------------------

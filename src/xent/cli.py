@@ -283,13 +283,19 @@ def _equivalents(args: argparse.Namespace, style: _Style) -> int:
     entry = _table.lookup(args.name)
     if args.json:
         _json({"name": entry.name, "historical": entry.historical, "note": entry.note,
-               **dataclasses.asdict(e)})
+               **dataclasses.asdict(e), "same_number_as": entry.peer,
+               "unchecked": entry.unchecked})
         return 0
     tag = " (historical: no longer in the library)" if entry.historical else ""
     print(style(entry.name, "bold") + style(tag, "yellow"))
     if entry.note:
         print(_wrap(entry.note))
     _print_equivalents(e, style)
+    if entry.peer:
+        print(style("Same number as", "bold") + "  " + style(entry.peer, "cyan")
+              + " (at its defaults; checked by xent's tests)")
+    elif entry.unchecked:
+        print(style("Not checked", "bold") + "  " + entry.unchecked)
     return 0
 
 

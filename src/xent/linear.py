@@ -25,6 +25,7 @@ import math
 import numbers
 from typing import Any
 
+from ._core.hints import hinted
 from ._core import reduce
 from ._core import validate
 from ._core import weights
@@ -61,6 +62,7 @@ def _matrix(be: Backend, value: Any, like: Any, name: str) -> Any:
     return arr
 
 
+@hinted
 def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: Any = None,
                          ignore_index: int | None = None, label_smoothing: float = 0.0,
                          z_loss: float = 0.0, logit_softcap: float | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from ._core.hints import hinted
 from ._core import reduce
 from ._core import validate
 from ._core.backend import Backend, describe
@@ -288,6 +289,7 @@ _ARGS_DOC = """
 """
 
 
+@hinted
 def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
                          bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
                          sampled: Any = None, remove_accidental_hits: bool = True,
@@ -308,6 +310,7 @@ def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sa
                     normalizer=validate.normalizer(normalizer, red, be, x, cdt))
 
 
+@hinted
 def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
              bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
              sampled: Any = None, remove_accidental_hits: bool = False, rng: Any = None,

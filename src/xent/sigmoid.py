@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._core.hints import hinted
 from ._core import reduce
 from ._core import validate
 from ._kernels import table as kernels
@@ -42,6 +43,7 @@ def _safe_product(be, w, value):
     return w * xp.where(bad, xp.zeros_like(value), value)
 
 
+@hinted
 def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None,
                           label_smoothing: float = 0.0, focal_gamma: float = 0.0,
                           focal_alpha: Any = None, sample_weight: Any = None,
@@ -169,6 +171,7 @@ def _sigmoid_loss(be, z, y, pw, keep, s, gamma):
     return loss
 
 
+@hinted
 def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
              sample_weight: Any = None, reduction: str = "mean",
              normalizer: Any = None) -> Any:

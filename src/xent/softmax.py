@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._core.hints import hinted
 from ._core import reduce
 from ._core import validate
 from ._core import weights
@@ -60,6 +61,7 @@ def _log_normalizer(be: Backend, z: Any):
     return zs, be.logsumexp_shifted(zs, axis=-1), m
 
 
+@hinted
 def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                           class_weight: Any = None, label_smoothing: float = 0.0,
                           label_gradient: bool = True, focal_gamma: float = 0.0,
@@ -210,6 +212,7 @@ def _dense_loss(be, z, y, cw, keep, s, gamma, zl):
     return loss
 
 
+@hinted
 def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                                  class_weight: Any = None, label_smoothing: float = 0.0,
                                  ignore_index: int | None = None, focal_gamma: float = 0.0,

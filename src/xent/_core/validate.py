@@ -30,9 +30,14 @@ def float_array(x: Any, name: str = "logits") -> tuple[Backend, Any]:
     """The backend of ``x`` and ``x``, which must hold floating-point numbers."""
     be, x = backend_of(x, name)
     if not be.is_floating(x):
+        dt = be.dtype_name(x.dtype)
+        first = (f"; did you pass labels first? xent takes ({name}, labels), the other way "
+                 "round from TensorFlow's labels=/logits= and Keras's (y_true, y_pred)"
+                 if name in ("logits", "probabilities") and dt.startswith(("int", "uint", "bool"))
+                 else "")
         raise TypeError(
             f"{name} must be a floating-point array (float16, bfloat16, float32 or "
-            f"float64), got dtype {be.dtype_name(x.dtype)}"
+            f"float64), got dtype {dt}{first}"
         )
     return be, x
 

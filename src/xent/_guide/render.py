@@ -47,7 +47,7 @@ def render() -> str:
         "|---|---|---|---|---|",
     ]
     for s in T.SITUATIONS.values():
-        call = s.call.format(labels="labels")
+        call = s.call.format(labels=s.labels_expr)
         out.append(f"| {s.title} | {s.labels} | {s.logits} | `{s.function}` | `{call}` |")
     out += ["", "The model already outputs probabilities? Binary: `xent.log_loss(p, labels)`;",
             "exclusive classes: `log(p)` are valid logits for `softmax_cross_entropy` and",
@@ -111,16 +111,22 @@ def render() -> str:
         "",
         "## Every known name",
         "",
-        "The xent call reproduces each name's defaults, the reduction included. Historical "
-        "names no longer exist in the library; they are listed so that old code can be read.",
+        "The xent call reproduces each name's defaults, the reduction included: the test "
+        "suite runs it against the name's own call in the last column (at that call's "
+        "defaults, `from_logits=True` where Keras takes logits) and checks the numbers "
+        "agree, or that column says why it cannot. Historical names no longer exist in the "
+        "library; they are listed so that old code can be read.",
     ]
     for lib in ("xent", "tensorflow", "pytorch", "keras", "optax", "sklearn"):
-        out += ["", f"### {_LIB_TITLES[lib]}", "", "| name | xent | note |", "|---|---|---|"]
+        out += ["", f"### {_LIB_TITLES[lib]}", "",
+                "| name | xent | note | same number as |", "|---|---|---|---|"]
         for n in T.NAMES:
             if n.library != lib:
                 continue
             name = f"`{n.name}`" + (" (historical)" if n.historical else "")
-            out.append(f"| {name} | {_cell(_code(n.xent_call()))} | {_cell(n.note)} |")
+            checked = _code(n.peer) if n.peer else f"not checked: {n.unchecked}"
+            out.append(f"| {name} | {_cell(_code(n.xent_call()))} | {_cell(n.note)} | "
+                       f"{_cell(checked)} |")
     return "\n".join(out) + "\n"
 
 

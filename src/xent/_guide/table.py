@@ -47,6 +47,8 @@ class Situation:
     why: str            # the reason, in plain words
     alternatives: tuple[str, ...]
     weight: str | None  # "pos_weight", "class_weight" or None
+    #: the labels expression of ``call`` in the guide (``choose`` writes its own)
+    labels_expr: str = "labels"
 
 
 SITUATIONS: dict[str, Situation] = {s.key: s for s in (
@@ -74,12 +76,12 @@ SITUATIONS: dict[str, Situation] = {s.key: s for s in (
         "one-hot rows, shape [B, C]",
         "[B, C]: one logit per class",
         "sparse_softmax_cross_entropy",
-        "xent.sparse_softmax_cross_entropy(logits, {labels}.argmax(-1))",
+        "xent.sparse_softmax_cross_entropy(logits, {labels})",
         "Each one-hot row holds one class, so the classes are exclusive: softmax. Their "
         "indices labels.argmax(-1) give exactly the same loss and gradients without the "
         "[B, C] label array; softmax_cross_entropy(logits, labels) takes the rows as "
         "they are (float or bool).",
-        ("softmax_cross_entropy",), "class_weight"),
+        ("softmax_cross_entropy",), "class_weight", "labels.argmax(-1)"),
     Situation(
         "soft", "soft labels (exclusive classes)",
         "probability rows that sum to 1 (label smoothing, distillation, mixup), shape [B, C]",
@@ -282,6 +284,12 @@ class Name:
     historical: bool = False   # no longer in the library (kept so old code can be read)
     options: str = ""    # extra xent keyword arguments, e.g. 'label_gradient=False'
     xent: str | None = None    # a full xent call when the concept's is not right
+    post: str = ""       # applied to the xent call's result, e.g. '.mean(-1)'
+    #: the name's own call at its defaults (logits where it takes them), run by the
+    #: tests against ``xent_call()`` on the same arrays; None with ``unchecked`` saying why
+    peer: str | None = None
+    unchecked: str = ""
+    labels: str = ""     # the label data both calls take, when not the concept's
 
     def xent_call(self) -> str | None:
         """The xent call that reproduces this name's defaults."""
@@ -291,7 +299,8 @@ class Name:
         extra = [o for o in (self.options,) if o]
         if self.reduction != "mean":
             extra.append(f'reduction="{self.reduction}"')
-        return call[:-1] + "".join(", " + e for e in extra) + ")" if extra else call
+        return (call[:-1] + "".join(", " + e for e in extra) + ")" if extra else call) \
+            + self.post
 
 
 _PROBS = ("Keras takes probabilities by default (from_logits=False); with logits pass "
@@ -299,9 +308,10 @@ _PROBS = ("Keras takes probabilities by default (from_logits=False); with logits
 _PROB_SOFTMAX = _PROBS.format(prob="xent.softmax_cross_entropy(log(p), labels)")
 _PROB_SPARSE = _PROBS.format(prob="xent.sparse_softmax_cross_entropy(log(p), labels)")
 _PROB_SIGMOID = _PROBS.format(prob="xent.log_loss(p, labels)") + (
-    " The function form averages over the last axis, xent keeps every entry.")
-_FOCAL_ALPHA = (" Keras multiplies by alpha=0.25 by default; xent has no alpha (pass "
-                "alpha=1.0 to match, or scale the loss).")
+    " The function form averages over the last axis (the xent call's .mean(-1); "
+    "tf.reduce_mean(..., -1) on TF tensors).")
+_FOCAL_ALPHA = (" Keras multiplies by alpha=0.25 by default: the xent call's "
+                "sample_weight=0.25 does the same (or pass alpha=1.0 to Keras).")
 _KERAS = {  # Keras class / function -> (concept, note)
     "BinaryCrossentropy": ("sigmoid", _PROB_SIGMOID),
     "binary_crossentropy": ("sigmoid", _PROB_SIGMOID),
@@ -317,6 +327,10 @@ _KERAS = {  # Keras class / function -> (concept, note)
     "categorical_generalized_cross_entropy": ("generalized",
                                               "takes probabilities; xent has none"),
 }
+#: Keras loss class -> its xent.keras class (same numbers on logits, from_logits=True)
+KERAS_CLASSES = {"CategoricalCrossentropy": "SoftmaxCrossEntropy",
+                 "SparseCategoricalCrossentropy": "SparseSoftmaxCrossEntropy",
+                 "BinaryCrossentropy": "SigmoidCrossEntropy"}
 _METRICS = ("BinaryCrossentropy", "CategoricalCrossentropy", "SparseCategoricalCrossentropy",
             "binary_crossentropy", "binary_focal_crossentropy", "categorical_crossentropy",
             "categorical_focal_crossentropy", "sparse_categorical_crossentropy")
@@ -470,6 +484,9 @@ def _names() -> list[Name]:
                                       "sum_over_batch_size")):
         for n, (c, note) in _KERAS.items():
             red = cls if n[0].isupper() else lo
+            if n in KERAS_CLASSES:
+                note += (f" Keras Loss class here: xent.keras.{KERAS_CLASSES[n]}() takes "
+                         "(y_true, y_pred) and Keras's reductions.")
             out.append(Name(f"{prefix}.{n}", library, c, red, note))
     for prefix, library in (("keras.metrics", "keras"), ("tf.keras.metrics", "tensorflow")):
         for n in _METRICS:
@@ -534,7 +551,109 @@ def _names() -> list[Name]:
     return out
 
 
-NAMES: tuple[Name, ...] = tuple(_names())
+_HISTORICAL = "historical: not in the installed library, nothing to run"
+_SAMPLED = ("random candidates: not comparable at the peer's defaults (test_sampled.py checks "
+            "the sampled losses against TensorFlow's with the same candidates)")
+_NOT_IN_XENT = "not in xent: no xent call to compare"
+_KERAS_PREFIXES = ("keras.losses.", "tf.keras.losses.", "tf.losses.", "tf.compat.v1.keras.losses.",
+                   "keras.metrics.", "tf.keras.metrics.", "keras.ops.", "tf.keras.backend.")
+_TORCH_ARGS = {"nll": "log_probabilities, labels", "log_loss": "probabilities, labels",
+               "linear": "inputs, classifier, labels"}
+_UNCHECKED = {
+    "torch.nn.functional.kl_div": "a different number by design: the labels' entropy, a "
+    "constant (test_regressions_13.py checks cross-entropy = kl_div + entropy)",
+    "torch.nn.AdaptiveLogSoftmaxWithLoss": "an approximation with its own cluster layers, not "
+    "the same loss",
+    "torch.nn.LinearCrossEntropyLoss": "owns its classifier (a Linear submodule): "
+    "test_torch_modules.py checks xent.torch.LinearCrossEntropyLoss against it by state dict",
+    "liger_kernel.transformers.LigerCrossEntropyLoss": "Triton kernels: needs a CUDA GPU",
+    "liger_kernel.transformers.LigerFusedLinearCrossEntropyLoss": "Triton kernels: needs a "
+    "CUDA GPU",
+    "cut_cross_entropy.linear_cross_entropy": "Triton kernels: needs a CUDA GPU",
+    "xent.torch.LinearCrossEntropyLoss": "owns its classifier: test_torch_modules.py checks "
+    "it against torch.nn.LinearCrossEntropyLoss by state dict",
+    "xent.torch.causal_lm_loss": "shifts the labels by one token: test_hf.py checks it "
+    "against transformers' ForCausalLMLoss",
+    "xent.parallel.vocab_parallel_cross_entropy": "needs a torch.distributed group or a JAX "
+    "axis_name: test_parallel_torch.py / test_parallel_jax.py check it against the unsharded "
+    "loss",
+    "xent.parallel.vocab_parallel_linear_cross_entropy": "needs a torch.distributed group or a "
+    "JAX axis_name: test_parallel_torch.py / test_parallel_jax.py check it against the "
+    "unsharded loss",
+}
+_XENT_PEERS = {  # xent's own names -> the peer call at its defaults
+    "xent.torch.CrossEntropyLoss": "torch.nn.CrossEntropyLoss()(logits, labels)",
+    "xent.torch.BCEWithLogitsLoss": "torch.nn.BCEWithLogitsLoss()(logits, labels)",
+    "xent.keras.SoftmaxCrossEntropy":
+        "keras.losses.CategoricalCrossentropy(from_logits=True)(labels, logits)",
+    "xent.keras.SparseSoftmaxCrossEntropy":
+        "keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)",
+    "xent.keras.SigmoidCrossEntropy":
+        "keras.losses.BinaryCrossentropy(from_logits=True)(labels, logits)",
+}
+
+
+def _peer(n: Name) -> Name:
+    """``n`` with its runnable peer call (or the reason there is none)."""
+    name, last = n.name, n.name.rsplit(".", 1)[-1]
+    peer, why, labels = None, _UNCHECKED.get(name, ""), ""
+    if n.historical:
+        why = _HISTORICAL
+    elif n.concept in ("sampled_softmax", "nce"):
+        why = _SAMPLED
+    elif n.xent_call() is None:
+        why = _NOT_IN_XENT
+    elif why:
+        pass
+    elif name in _XENT_PEERS:
+        peer = _XENT_PEERS[name]
+    elif n.library == "xent":
+        peer = CONCEPTS[n.concept].pytorch  # xent's mean is PyTorch's
+    elif name.startswith(_KERAS_PREFIXES):
+        peer = (f"{name}(from_logits=True)(labels, logits)" if last[0].isupper()
+                else f"{name}(labels, logits, from_logits=True)")
+    elif name.startswith(("tf.nn.", "tf.compat.v2.nn.", "tf.compat.v1.nn.")):
+        extra = ", pos_weight=pos_weight" if n.concept == "weighted_sigmoid" else ""
+        peer = f"{name}(labels=labels, logits=logits{extra})"
+    elif name.startswith("tf.compat.v1.losses."):
+        peer = f"{name}(labels, {'probabilities' if n.concept == 'log_loss' else 'logits'})"
+    elif name.startswith(("torch.nn.", "torchvision.")):
+        args = _TORCH_ARGS.get(n.concept, "logits, labels")
+        module = "" if name.startswith(("torch.nn.functional.", "torchvision.")) else "()"
+        if last in ("binary_cross_entropy_with_logits", "BCEWithLogitsLoss"):
+            # the printed xent call takes weight=: so does the peer
+            peer = (f"{name}(weight=weight)({args})" if module
+                    else f"{name}({args}, weight=weight)")
+        else:
+            peer = f"{name}{module}({args})"
+        if last in ("soft_margin_loss", "SoftMarginLoss"):
+            labels = "plus_minus_one"
+    elif n.library == "optax":
+        peer = f"{name}(logits, labels)"
+    elif name == "sklearn.metrics.log_loss":
+        peer = "sklearn.metrics.log_loss(labels, probabilities)"
+    if peer is None and not why:
+        raise AssertionError(f"{name}: no peer call and no reason")
+    return dataclasses.replace(n, peer=peer, unchecked=why, labels=labels)
+
+
+def _keras_defaults(n: Name) -> Name:
+    """Keras's defaults the concept's call lacks: the binary function forms average over
+    the last axis; categorical focal multiplies by alpha=0.25."""
+    last = n.name.rsplit(".", 1)[-1]
+    if n.historical:
+        return n
+    if last in ("binary_crossentropy", "binary_focal_crossentropy") and n.name.startswith(
+            ("keras.losses.", "tf.keras.losses.", "tf.losses.", "tf.compat.v1.keras.losses.",
+             "keras.metrics.", "tf.keras.metrics.")):
+        return dataclasses.replace(n, post=".mean(-1)")
+    if last.lower() == "categoricalfocalcrossentropy".lower() or \
+            last == "categorical_focal_crossentropy":
+        return dataclasses.replace(n, options="sample_weight=0.25")
+    return n
+
+
+NAMES: tuple[Name, ...] = tuple(_peer(_keras_defaults(n)) for n in _names())
 _BY_NAME: dict[str, Name] = {}
 for _n in NAMES:
     _BY_NAME.setdefault(_n.name, _n)
