@@ -204,10 +204,23 @@ def block_rows(n: int, o: Opts, dtype: Any) -> int:
     """
     if dtype in _LOW or n == 0:
         return 0
-    rows_ = (n * o.chunk) // o.num_classes
-    if rows_ >= n:
+    return even_blocks(n, (n * o.chunk) // o.num_classes, MIN_BLOCK_ROWS)
+
+
+def even_blocks(n: int, most: int, least: int) -> int:
+    """Rows per block for ``n`` rows and blocks of at most ``most`` rows, or 0 below ``least``.
+
+    The fewest blocks that fit, made as even as ``least`` allows: the last
+    block is clamped to end at ``n`` and redoes the rows the block before
+    already did, so 4096 rows in blocks of at most 409 take 11 blocks of 373
+    (7 rows done twice), not 11 of 409 (405 rows, 10% of the products).
+    """
+    if most >= n:
         return n
-    return rows_ if rows_ >= MIN_BLOCK_ROWS else 0
+    if most < least:
+        return 0
+    nb = -(-n // most)
+    return max(least, -(-n // nb))
 
 
 def _blocks(n: int, B: int) -> list[tuple[int, int, int]]:
@@ -274,13 +287,17 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
         if want_x:
             torch.mm(z, W, out=dX[r0:r1])
         if want_w or want_b:
-            swb = torch.ones(B, **kw) if sw is None else sw[r0:r1].to(x.dtype)
+            swb = None if sw is None else sw[r0:r1].to(x.dtype)
             if fresh > r0:  # rows the block before already added
-                swb = torch.where(torch.arange(r0, r1, device=x.device) >= fresh, swb, 0.0)
+                swb = torch.where(torch.arange(r0, r1, device=x.device) >= fresh,
+                                  1.0 if swb is None else swb, 0.0).to(x.dtype)
             if want_w:
-                dW.addmm_(z.T, xb * swb[:, None])
+                dW.addmm_(z.T, xb if swb is None else xb * swb[:, None])
             if want_b:
-                db.addmv_(z.T, swb)
+                if swb is None:
+                    db.add_(z.sum(0))
+                else:
+                    db.addmv_(z.T, swb)
     return loss, lse_all, (dX, dW, db)
 
 
