@@ -416,14 +416,17 @@ def dense_loss(z, y, cw, keep, s, zl):
             n = r1 - r0
             kc = None if k1 is None else k1[r0:r1]
             zc = _load(z2[r0:r1], kc, bufs, n, cd)
-            a = bufs.get("a", n)
-            a.copy_(y2[r0:r1])
-            if s != 0.0:
-                a.mul_(1.0 - s).add_(sc)
-            if cw is not None:
-                a.mul_(cw)
-            if kc is not None:
-                a.masked_fill_(~kc[:, None], 0)
+            if s == 0.0 and cw is None and kc is None and y2.dtype == cd:
+                a = y2[r0:r1]  # only read: no private copy
+            else:
+                a = bufs.get("a", n)
+                a.copy_(y2[r0:r1])
+                if s != 0.0:
+                    a.mul_(1.0 - s).add_(sc)
+                if cw is not None:
+                    a.mul_(cw)
+                if kc is not None:
+                    a.masked_fill_(~kc[:, None], 0)
             m, Ac, Sc = M[r0:r1], A[r0:r1], S[r0:r1]
             torch.sum(a, 1, keepdim=True, out=Ac)
             _shift(zc, w, m)
