@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .linear_rows import (Opts, chunk_start, grad_scale, label_logit, num_chunks, online_init,
-                     online_update, row_loss, softcap)
+from .linear_rows import (Opts, chunk_start, even_blocks, grad_scale, label_logit, num_chunks,
+                          online_init, online_update, row_loss, softcap)
 
 
 def _cdt(dtype: Any) -> Any:
@@ -122,8 +122,6 @@ def block_rows(n: int, d: int, o: Opts, dtype: Any) -> int:
     """
     if dtype in (jnp.float16, jnp.bfloat16) or n == 0:
         return 0
-    from .linear_torch import even_blocks
-
     return even_blocks(n, (n * o.chunk) // (3 * o.num_classes), MIN_BLOCK_ROWS)
 
 

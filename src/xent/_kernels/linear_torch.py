@@ -59,7 +59,7 @@ import array_api_compat.torch as xpt
 import numpy as np
 import torch
 
-from .linear_rows import Opts, grad_scale, label_logit, row_loss, softcap
+from .linear_rows import Opts, even_blocks, grad_scale, label_logit, row_loss, softcap
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -205,22 +205,6 @@ def block_rows(n: int, o: Opts, dtype: Any) -> int:
     if dtype in _LOW or n == 0:
         return 0
     return even_blocks(n, (n * o.chunk) // o.num_classes, MIN_BLOCK_ROWS)
-
-
-def even_blocks(n: int, most: int, least: int) -> int:
-    """Rows per block for ``n`` rows and blocks of at most ``most`` rows, or 0 below ``least``.
-
-    The fewest blocks that fit, made as even as ``least`` allows: the last
-    block is clamped to end at ``n`` and redoes the rows the block before
-    already did, so 4096 rows in blocks of at most 409 take 11 blocks of 373
-    (7 rows done twice), not 11 of 409 (405 rows, 10% of the products).
-    """
-    if most >= n:
-        return n
-    if most < least:
-        return 0
-    nb = -(-n // most)
-    return max(least, -(-n // nb))
 
 
 def _blocks(n: int, B: int) -> list[tuple[int, int, int]]:
