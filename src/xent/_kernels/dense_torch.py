@@ -490,12 +490,15 @@ def sigmoid_loss(z, y, pw, keep, s):
                 if kc is not None:
                     x.masked_fill_(~kc, 0)
                 zc = x
-            pos = bufs.get("a", n)
-            pos.copy_(y2[r0:r1])
-            if kc is not None:
-                pos.masked_fill_(~kc, 0)
-            if s != 0.0:
-                pos.mul_(1.0 - s).add_(0.5 * s)
+            if s == 0.0 and pw is None and kc is None and y2.dtype == cd:
+                pos = y2[r0:r1]  # only read: no private copy
+            else:
+                pos = bufs.get("a", n)
+                pos.copy_(y2[r0:r1])
+                if kc is not None:
+                    pos.masked_fill_(~kc, 0)
+                if s != 0.0:
+                    pos.mul_(1.0 - s).add_(0.5 * s)
             neg = torch.neg(pos, out=bufs.get("b", n)).add_(1.0)
             if pw is not None:
                 pos.mul_(pw)
