@@ -22,8 +22,8 @@ Layouts. The memory budget is ``N * chunk`` float32 logits (``chunk`` from
 ``chunk_size``; by default 10% of the ``N * V`` logits, at least 4M), and the
 layout is picked per call from the problem's shape:
 
-* **token-blocked** (three products per step, the naive count): blocks of
-  ``B = N * chunk // V`` rows hold their full-vocabulary logits, so the
+* **token-blocked** (three products per step, the naive count): even blocks of
+  at most ``N * chunk // V`` rows (``even_blocks``) hold their full-vocabulary logits, so the
   normalizer is known inside the block and ``G = dl/dZ`` is formed at once in
   the forward pass: ``dX_b = G W`` (written into ``dX``), ``dW += G^T (sw_b
   X_b)``, ``db += G^T sw_b``. ``dX`` is per row, so the backward pass scales
