@@ -635,7 +635,7 @@ def test_jax_token_blocks_equal_naive(rng, monkeypatch, opt, reduction):
     from xent._kernels.linear_rows import Opts
 
     monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
-    n, d, v, chunk = 37, 3, 300, 200  # (37 * 200 - 337 * 3) // 600 = 10 rows: the last clamped
+    n, d, v, chunk = 37, 3, 300, 200  # 37 * 200 // 900 = 8 rows: 5 blocks, the last clamped
     assert 0 < linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64) < n
     x = rng.normal(size=(n, d))
     W = rng.normal(size=(v, d))
@@ -665,6 +665,33 @@ def test_jax_token_blocks_equal_naive(rng, monkeypatch, opt, reduction):
         np.testing.assert_allclose(vg, vw, rtol=1e-10)
         for a, e in zip(gg, gw):
             np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
+
+
+def test_jax_token_blocks_classifier_gradient_in_vocabulary_slices(rng, monkeypatch):
+    from xent._kernels import linear_jax
+    from xent._kernels.linear_rows import Opts
+
+    monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
+    # 8-row blocks and D = 20: dW is added in slices of 8 * 300 // 20 = 120 rows (2 + a
+    # remainder of 60), in a loop
+    n, d, v, chunk = 37, 20, 300, 200
+    assert linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64) == 8
+    x = jnp.asarray(rng.normal(size=(n, d)))
+    W = jnp.asarray(rng.normal(size=(v, d)) / 4)
+    b = jnp.asarray(rng.normal(size=v))
+    t = jnp.asarray(rng.integers(0, v, n))
+
+    def fast(x, W, b):
+        return xent.linear_cross_entropy(x, W, t, bias=b, chunk_size=chunk, label_smoothing=0.1)
+
+    def slow(x, W, b):
+        return xent.sparse_softmax_cross_entropy(x @ W.T + b, t, label_smoothing=0.1)
+
+    vg, gg = jax.value_and_grad(fast, (0, 1, 2))(x, W, b)
+    vw, gw = jax.value_and_grad(slow, (0, 1, 2))(x, W, b)
+    np.testing.assert_allclose(vg, vw, rtol=1e-10)
+    for a, e in zip(gg, gw):
+        np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
 
 
 def test_jax_token_blocks_memory_within_budget(rng, monkeypatch):

@@ -189,25 +189,49 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
         return
     if hasattr(be, "assert_in_graph") and (mode == "async" or not eager(be, x)):
         # TensorFlow: an in-graph assertion (inside tf.function, or "async")
-        be.assert_in_graph(~((x < low) | (x > high)),
+        be.assert_in_graph(~_outside(x, low, high),
                            f"{name} must be in [{low:g}, {high:g}]" + (f"; {hint}" if hint else ""))
         return
     if mode == "async":
-        bad = (x < low) | (x > high)
-        checks.assert_async(be, ~bad.any(), f"xent: {name} must be in [{low:g}, {high:g}]"
-                            + (f"; {hint}" if hint else ""))
+        checks.assert_async(be, ~_outside(x, low, high).any(),
+                            f"xent: {name} must be in [{low:g}, {high:g}]" + (f"; {hint}" if hint else ""))
         return
     if not eager(be, x):
         return
     with be.eager_scope():
         x = be.concrete(x)
-        bad = (x < low) | (x > high)
+        if _bounds_hold(be, x, low, high):
+            return
+        bad = _outside(x, low, high)
         if not be.any(bad):
             return
         pos = be.first_true(bad)
         value = float(be.host(x[pos]))
     msg = f"{name} must be in [{low:g}, {high:g}], got {value:g} at position {pos}"
     raise ValueError(msg + (f"; {hint}" if hint else ""))
+
+
+def _outside(x: Any, low: float, high: float) -> Any:
+    """``(x < low) | (x > high)``, without the comparison an infinite bound makes always False."""
+    if high == math.inf:
+        return x < low
+    if low == -math.inf:
+        return x > high
+    return (x < low) | (x > high)
+
+
+def _bounds_hold(be: Backend, x: Any, low: float, high: float) -> bool:
+    """True when ``min(x) >= low`` and ``max(x) <= high`` (one reduction per finite bound).
+
+    The check of every call on valid data: no mask of ``x``'s shape is made.
+    False (a NaN minimum or maximum, or a value out of range) leaves the
+    decision to the elementwise check, which lets NaN pass and names the
+    first bad position.
+    """
+    xp = be.xp
+    if low != -math.inf and not float(be.host(xp.min(x))) >= low:
+        return False
+    return high == math.inf or float(be.host(xp.max(x))) <= high
 
 
 def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,

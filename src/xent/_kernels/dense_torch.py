@@ -416,14 +416,17 @@ def dense_loss(z, y, cw, keep, s, zl):
             n = r1 - r0
             kc = None if k1 is None else k1[r0:r1]
             zc = _load(z2[r0:r1], kc, bufs, n, cd)
-            a = bufs.get("a", n)
-            a.copy_(y2[r0:r1])
-            if s != 0.0:
-                a.mul_(1.0 - s).add_(sc)
-            if cw is not None:
-                a.mul_(cw)
-            if kc is not None:
-                a.masked_fill_(~kc[:, None], 0)
+            if s == 0.0 and cw is None and kc is None and y2.dtype == cd:
+                a = y2[r0:r1]  # only read: no private copy
+            else:
+                a = bufs.get("a", n)
+                a.copy_(y2[r0:r1])
+                if s != 0.0:
+                    a.mul_(1.0 - s).add_(sc)
+                if cw is not None:
+                    a.mul_(cw)
+                if kc is not None:
+                    a.masked_fill_(~kc[:, None], 0)
             m, Ac, Sc = M[r0:r1], A[r0:r1], S[r0:r1]
             torch.sum(a, 1, keepdim=True, out=Ac)
             _shift(zc, w, m)
@@ -487,12 +490,15 @@ def sigmoid_loss(z, y, pw, keep, s):
                 if kc is not None:
                     x.masked_fill_(~kc, 0)
                 zc = x
-            pos = bufs.get("a", n)
-            pos.copy_(y2[r0:r1])
-            if kc is not None:
-                pos.masked_fill_(~kc, 0)
-            if s != 0.0:
-                pos.mul_(1.0 - s).add_(0.5 * s)
+            if s == 0.0 and pw is None and kc is None and y2.dtype == cd:
+                pos = y2[r0:r1]  # only read: no private copy
+            else:
+                pos = bufs.get("a", n)
+                pos.copy_(y2[r0:r1])
+                if kc is not None:
+                    pos.masked_fill_(~kc, 0)
+                if s != 0.0:
+                    pos.mul_(1.0 - s).add_(0.5 * s)
             neg = torch.neg(pos, out=bufs.get("b", n)).add_(1.0)
             if pw is not None:
                 pos.mul_(pw)

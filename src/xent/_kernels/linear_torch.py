@@ -22,8 +22,8 @@ Layouts. The memory budget is ``N * chunk`` float32 logits (``chunk`` from
 ``chunk_size``; by default 10% of the ``N * V`` logits, at least 4M), and the
 layout is picked per call from the problem's shape:
 
-* **token-blocked** (three products per step, the naive count): blocks of
-  ``B = N * chunk // V`` rows hold their full-vocabulary logits, so the
+* **token-blocked** (three products per step, the naive count): even blocks of
+  at most ``N * chunk // V`` rows (``even_blocks``) hold their full-vocabulary logits, so the
   normalizer is known inside the block and ``G = dl/dZ`` is formed at once in
   the forward pass: ``dX_b = G W`` (written into ``dX``), ``dW += G^T (sw_b
   X_b)``, ``db += G^T sw_b``. ``dX`` is per row, so the backward pass scales
@@ -59,7 +59,7 @@ import array_api_compat.torch as xpt
 import numpy as np
 import torch
 
-from .linear_rows import Opts, grad_scale, label_logit, row_loss, softcap
+from .linear_rows import Opts, even_blocks, grad_scale, label_logit, row_loss, softcap
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -204,10 +204,7 @@ def block_rows(n: int, o: Opts, dtype: Any) -> int:
     """
     if dtype in _LOW or n == 0:
         return 0
-    rows_ = (n * o.chunk) // o.num_classes
-    if rows_ >= n:
-        return n
-    return rows_ if rows_ >= MIN_BLOCK_ROWS else 0
+    return even_blocks(n, (n * o.chunk) // o.num_classes, MIN_BLOCK_ROWS)
 
 
 def _blocks(n: int, B: int) -> list[tuple[int, int, int]]:
@@ -274,13 +271,17 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
         if want_x:
             torch.mm(z, W, out=dX[r0:r1])
         if want_w or want_b:
-            swb = torch.ones(B, **kw) if sw is None else sw[r0:r1].to(x.dtype)
+            swb = None if sw is None else sw[r0:r1].to(x.dtype)
             if fresh > r0:  # rows the block before already added
-                swb = torch.where(torch.arange(r0, r1, device=x.device) >= fresh, swb, 0.0)
+                swb = torch.where(torch.arange(r0, r1, device=x.device) >= fresh,
+                                  1.0 if swb is None else swb, 0.0).to(x.dtype)
             if want_w:
-                dW.addmm_(z.T, xb * swb[:, None])
+                dW.addmm_(z.T, xb if swb is None else xb * swb[:, None])
             if want_b:
-                db.addmv_(z.T, swb)
+                if swb is None:
+                    db.add_(z.sum(0))
+                else:
+                    db.addmv_(z.T, swb)
     return loss, lse_all, (dX, dW, db)
 
 
