@@ -185,10 +185,6 @@ def rng():
 # NumPy-style methods such as ``.sum()`` / ``.copy()`` on the result, which TF
 # tensors lack without tf.experimental.numpy behaviour, or need a TF-specific oracle.)
 TF_EXCLUDED = {
-    "test_sampled.py": "sampled_softmax_loss / nce_loss: no TensorFlow port yet",
-    "test_samplers.py": "samplers: no TensorFlow port yet",
-    "sampled_softmax]": "sampled_softmax_loss: no TensorFlow port yet",
-    "nce]": "nce_loss: no TensorFlow port yet",
     "test_peers_torch.py": "test body calls .sum() on the result (NumPy/torch method)",
     "test_peers_tf.py::test_v1_losses": "test body not yet ported to TF tensors",
     "test_choose.py::test_one_hot_uses_the_indices": "test body not yet ported to TF tensors",
