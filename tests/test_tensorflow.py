@@ -320,3 +320,29 @@ def test_sampled_bad_label_is_an_in_graph_assertion_inside_tf_function():
     with pytest.raises(ValueError, match="position"):
         xent.nce_loss(tf.constant(x), tf.constant(W), tf.constant(bad), num_sampled=SS,
                       sampled=sv)
+
+
+@pytest.mark.parametrize("loss", ["sparse", "nce"])
+def test_value_checks_eager_and_tf_function_raise_and_xla_skips_them(loss):
+    """The documented rule: eagerly a bad label is a ValueError, inside a plain tf.function
+    an InvalidArgumentError from the in-graph assertion; under jit_compile=True XLA drops
+    assertions, so the same call returns a tensor without raising (validate eagerly or in a
+    plain tf.function first)."""
+    x, W, b, labels, sv = _sampled_problem()
+    bad = labels.copy()
+    bad[2, 0] = SV
+
+    def f(lab):
+        if loss == "sparse":
+            return xent.sparse_softmax_cross_entropy(tf.constant(x @ W.T), lab[:, 0])
+        return xent.nce_loss(tf.constant(x), tf.constant(W), lab, num_sampled=SS, sampled=sv)
+
+    good = f(tf.constant(labels)).numpy()
+    with pytest.raises(ValueError, match=r"class indices in \[0, 30\), got 30 at position"):
+        f(tf.constant(bad))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="class indices"):
+        tf.function(f)(tf.constant(bad))
+    jitted = tf.function(f, jit_compile=True)
+    np.testing.assert_allclose(jitted(tf.constant(labels)).numpy(), good, rtol=1e-12)
+    out = jitted(tf.constant(bad))  # no error: XLA does not run tf.debugging assertions
+    assert isinstance(out, tf.Tensor) and out.shape == ()

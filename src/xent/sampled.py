@@ -357,7 +357,8 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true c
     Numerics and cost: only the ``N * num_true + S`` rows of ``classifier``
     that are used are gathered (their gradient is a scatter into those rows;
     torch and JAX hold it in a dense ``[num_classes, D]`` gradient as for any
-    gather); no ``[N, num_classes]`` array is ever made. The logsumexp
+    gather; TensorFlow's ``GradientTape`` gives ``tf.IndexedSlices`` of those
+    rows, as ``tf.nn.sampled_softmax_loss`` does); no ``[N, num_classes]`` array is ever made. The logsumexp
     subtracts the row maximum. float16 / bfloat16 are computed in float32 and
     the result cast back. Examples with ``sample_weight == 0`` contribute 0
     to the loss and every gradient, even with NaN inputs. The expected counts
@@ -378,8 +379,10 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true c
     Validation: labels of the wrong shape or outside ``[0, num_classes)``,
     ``num_sampled > num_classes``, ``sampled`` arrays of the wrong shapes are
     ``ValueError`` (range checks need concrete values: under ``jax.jit`` they
-    are skipped for traced labels). Under ``jax.jit`` pass ``rng`` a key
-    argument: the sampler is traced into the function.
+    are skipped for traced labels; inside ``tf.function`` they are in-graph
+    assertions, which ``jit_compile=True`` drops). Under ``jax.jit`` pass
+    ``rng`` a key argument, under ``tf.function`` a seed tensor ``[2]`` or a
+    ``tf.random.Generator``: the sampler is traced into the function.
 
     Example:
       >>> import numpy as np, xent

@@ -607,7 +607,8 @@ class TFBackend(Backend):
         return self.tf.sigmoid(x)
 
     def take_along_axis(self, x: Any, idx: Any, axis: int = -1) -> Any:
-        return self.xp.take_along_axis(x, idx, axis=axis)
+        # inside tf.function the gather waits for the assertions on its indices
+        return self.xp.take_along_axis(x, self.after_checks(idx), axis=axis)
 
     def moveaxis(self, x: Any, source: int, dest: int) -> Any:
         n = len(x.shape)
