@@ -182,11 +182,13 @@ def test_seeds_reproduce(be, name):
     assert len(draws) > 1
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("kind", ["numpy", "torch", "jax", "tensorflow", "tf_seed"])
 def test_every_rng_type_is_accepted(be, kind):
     rngs = {"numpy": lambda: np.random.default_rng(3),
             "torch": lambda: torch.Generator().manual_seed(3),
-            "jax": lambda: jax.random.key(3)}
+            "jax": lambda: jax.random.key(3),
+            "tensorflow": lambda: tf.random.Generator.from_seed(3),
+            "tf_seed": lambda: tf.constant([3, 4], tf.int64)}
     labels = be.asarray(np.array([[2], [5]]))
     a = XS.LogUniformSampler(50).sample(labels, 10, rng=rngs[kind]())
     b = XS.LogUniformSampler(50).sample(labels, 10, rng=rngs[kind]())
