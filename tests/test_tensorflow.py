@@ -9,6 +9,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 import xent  # noqa: E402
+from xent import samplers as XS  # noqa: E402
 
 MODES = ["eager", "function", "jit"]
 
@@ -166,3 +167,182 @@ def test_mirrored_strategy_global_count_gives_global_mean():
     r = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and "OK 4" in r.stdout, r.stderr[-3000:]
+
+
+# --- sampled_softmax_loss, nce_loss and the samplers on TF tensors -------------------
+
+SN, SD, SV, SS = 6, 4, 30, 5
+
+
+def _sampled_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(SN, SD))
+    W = rng.normal(size=(SV, SD)) * 0.5
+    b = rng.normal(size=SV) * 0.3
+    labels = rng.choice(SV, size=SN, replace=False)[:, None]
+    ids = rng.choice(np.setdiff1d(np.arange(SV), labels), size=SS, replace=False)
+    ids[:2] = labels[[0, 3], 0]  # two accidental hits
+    te = rng.uniform(0.1, 1.0, size=(SN, 1))
+    se = rng.uniform(0.1, 1.0, size=SS)
+    return x, W, b, labels, (ids, te, se)
+
+
+@pytest.mark.parametrize("kind", ["sampled_softmax", "nce"])
+@pytest.mark.parametrize("mode", MODES)
+def test_sampled_losses_match_tf_nn_with_the_same_candidates(mode, kind):
+    """Values and GradientTape gradients (inputs, classifier, bias) equal tf.nn's, given the
+    same sampled_values, eagerly, in tf.function and under XLA; the classifier's gradient is
+    IndexedSlices (rows gathered), as tf.nn's."""
+    x, W, b, labels, sv = _sampled_problem()
+    xv, Wv, bv = (tf.Variable(a) for a in (x, W, b))
+    lab = tf.constant(labels, tf.int64)
+    svt = (tf.constant(sv[0], tf.int64), tf.constant(sv[1]), tf.constant(sv[2]))
+    mine_fn = xent.sampled_softmax_loss if kind == "sampled_softmax" else xent.nce_loss
+    tf_fn = tf.nn.sampled_softmax_loss if kind == "sampled_softmax" else tf.nn.nce_loss
+    remove = kind == "sampled_softmax"
+
+    def mine():
+        with tf.GradientTape() as tape:
+            loss = mine_fn(xv, Wv, lab, num_sampled=SS, bias=bv, sampled=svt,
+                           remove_accidental_hits=remove, reduction="sum")
+        return loss, tape.gradient(loss, [xv, Wv, bv])
+
+    with tf.GradientTape() as tape:
+        want = tf.reduce_sum(tf_fn(Wv, bv, lab, xv, SS, SV, sampled_values=svt,
+                                   remove_accidental_hits=remove))
+    gwant = tape.gradient(want, [xv, Wv, bv])
+    got, grads = _wrap(mine, mode)()
+    assert isinstance(got, tf.Tensor) and got.dtype == tf.float64
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    if mode == "eager":
+        assert isinstance(grads[1], tf.IndexedSlices)
+    for g, h in zip(grads, gwant):
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(),
+                                   tf.convert_to_tensor(h).numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["function", "jit"])
+def test_sampling_inside_tf_function_with_a_seed_tensor(mode):
+    """The built-in sampler runs in the graph (tf.while_loop): a seed tensor reproduces its
+    sample, another seed gives another without a retrace, and the loss is the loss of that
+    sample. In a plain tf.function the sample is the eager one; XLA's stateless random
+    algorithm differs from TF's kernels (as for tf.random.stateless_uniform itself), so under
+    jit_compile=True the same seed gives another, equally valid, sample."""
+    x, W, b, labels, _ = _sampled_problem(1)
+    X, Wt, lab = tf.constant(x), tf.constant(W), tf.constant(labels)
+
+    def both(seed):
+        sample = XS.LogUniformSampler(SV).sample(lab, SS, rng=seed)
+        loss = xent.sampled_softmax_loss(X, Wt, lab, num_sampled=SS, rng=seed,
+                                         reduction="none")
+        return loss, tuple(sample)
+
+    f = _wrap(both, mode)
+    s1, s2 = tf.constant([1, 2], tf.int64), tf.constant([3, 4], tf.int64)
+    loss1, sample1 = f(s1)
+    again, sample1b = f(s1)
+    _, sample2 = f(s2)
+    for a, e in zip(sample1, sample1b):
+        np.testing.assert_array_equal(a.numpy(), e.numpy())
+    np.testing.assert_array_equal(loss1.numpy(), again.numpy())
+    assert len(set(sample1[0].numpy().tolist())) == SS
+    assert not np.array_equal(sample1[0].numpy(), sample2[0].numpy())
+    if f.experimental_get_tracing_count() != 1:
+        raise AssertionError("a new seed value retraced the function")
+    given = xent.sampled_softmax_loss(X, Wt, lab, num_sampled=SS, sampled=sample1,
+                                      reduction="none")
+    np.testing.assert_allclose(loss1.numpy(), given.numpy(), rtol=1e-12)
+    eager_loss, eager_sample = both(s1)
+    if mode == "function":
+        for a, e in zip(sample1, eager_sample):
+            np.testing.assert_array_equal(a.numpy(), e.numpy())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generator_and_global_seed_advance_and_reproduce(mode):
+    """A tf.random.Generator advances on every call (also in tf.function / XLA) and the same
+    Generator seed reproduces; rng=None draws anew every call and follows
+    tf.random.set_seed (eagerly and in tf.function; XLA's own generator ignores it)."""
+    lab = tf.constant([[1], [2]], tf.int64)
+    s = XS.UniformSampler(1000)
+
+    def draws(gen):
+        f = _wrap(lambda: s.sample(lab, 8, rng=gen).ids, mode)
+        return [f().numpy() for _ in range(3)]
+
+    a = draws(tf.random.Generator.from_seed(7))
+    b = draws(tf.random.Generator.from_seed(7))
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(a[0], a[1])
+    f = _wrap(lambda: s.sample(lab, 8).ids, mode)
+    tf.random.set_seed(3)
+    c = f().numpy()
+    assert len(set(c.tolist())) == 8 and not np.array_equal(f().numpy(), c)
+    if mode != "jit":  # XLA's stateful random numbers ignore tf.random.set_seed (TF's rule)
+        tf.random.set_seed(3)
+        f = _wrap(lambda: s.sample(lab, 8).ids, mode)
+        np.testing.assert_array_equal(f().numpy(), c)
+
+
+def test_jit_compiled_sampler_follows_the_distribution():
+    """Chi-square goodness of fit of XLA-compiled draws of the unigram sampler."""
+    from scipy import stats
+
+    counts = np.arange(1.0, 11.0)
+    s = XS.UnigramSampler(counts, distortion=0.5)
+    lab = tf.zeros((1, 1), tf.int64)
+    f = tf.function(lambda seed: s.sample(lab, 20000, unique=False, rng=seed).ids,
+                    jit_compile=True)
+    ids = f(tf.constant([5, 6], tf.int64)).numpy()
+    p = counts**0.5 / np.sum(counts**0.5)
+    obs = np.bincount(ids, minlength=10)
+    assert stats.chisquare(obs, p * ids.size).pvalue > 1e-4
+    assert stats.chisquare(obs, np.full(10, ids.size / 10)).pvalue < 1e-6
+
+
+def test_foreign_generator_inside_tf_function_is_a_clear_error():
+    lab = tf.constant([[1]], tf.int64)
+    f = tf.function(lambda: XS.UniformSampler(10).sample(lab, 2, rng=np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="cannot advance inside a traced tensorflow"):
+        f()
+
+
+def test_sampled_bad_label_is_an_in_graph_assertion_inside_tf_function():
+    x, W, b, labels, sv = _sampled_problem()
+    f = tf.function(lambda lab: xent.nce_loss(tf.constant(x), tf.constant(W), lab,
+                                              num_sampled=SS, sampled=sv))
+    assert np.isfinite(f(tf.constant(labels)).numpy())
+    bad = labels.copy()
+    bad[2, 0] = SV
+    with pytest.raises(tf.errors.InvalidArgumentError, match="class indices"):
+        f(tf.constant(bad))
+    with pytest.raises(ValueError, match="position"):
+        xent.nce_loss(tf.constant(x), tf.constant(W), tf.constant(bad), num_sampled=SS,
+                      sampled=sv)
+
+
+@pytest.mark.parametrize("loss", ["sparse", "nce"])
+def test_value_checks_eager_and_tf_function_raise_and_xla_skips_them(loss):
+    """The documented rule: eagerly a bad label is a ValueError, inside a plain tf.function
+    an InvalidArgumentError from the in-graph assertion; under jit_compile=True XLA drops
+    assertions, so the same call returns a tensor without raising (validate eagerly or in a
+    plain tf.function first)."""
+    x, W, b, labels, sv = _sampled_problem()
+    bad = labels.copy()
+    bad[2, 0] = SV
+
+    def f(lab):
+        if loss == "sparse":
+            return xent.sparse_softmax_cross_entropy(tf.constant(x @ W.T), lab[:, 0])
+        return xent.nce_loss(tf.constant(x), tf.constant(W), lab, num_sampled=SS, sampled=sv)
+
+    good = f(tf.constant(labels)).numpy()
+    with pytest.raises(ValueError, match=r"class indices in \[0, 30\), got 30 at position"):
+        f(tf.constant(bad))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="class indices"):
+        tf.function(f)(tf.constant(bad))
+    jitted = tf.function(f, jit_compile=True)
+    np.testing.assert_allclose(jitted(tf.constant(labels)).numpy(), good, rtol=1e-12)
+    out = jitted(tf.constant(bad))  # no error: XLA does not run tf.debugging assertions
+    assert isinstance(out, tf.Tensor) and out.shape == ()

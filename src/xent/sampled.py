@@ -9,14 +9,15 @@ estimators for training; evaluate with the full softmax
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
 from ._core.hints import hinted
 from ._core import reduce
 from ._core import validate
-from ._core.backend import Backend, describe
-from .samplers import Sample, _num_sampled, as_sampler
+from ._core.backend import Backend, describe, get_backend, library_of
+from .samplers import Sample, as_sampler
 
 __all__ = ["sampled_softmax_loss", "nce_loss"]
 
@@ -50,7 +51,7 @@ def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: in
             + (f" or ({N},)" if T == 1 else "") + f", got {shape}{hint}")
     with be.eager_scope():
         validate.class_indices(be, t, num_classes, None)
-    return be.astype(t, be.index_dtype)
+    return be.after_checks(be.astype(t, be.index_dtype))
 
 
 def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_classes: int):
@@ -69,7 +70,7 @@ def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_cl
     validate.integer_labels(be, ids, names[0])
     with be.eager_scope():
         validate.class_indices(be, ids, num_classes, None, names[0])
-    return Sample(be.astype(ids, be.index_dtype), te, se)
+    return Sample(be.after_checks(be.astype(ids, be.index_dtype)), te, se)
 
 
 def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
@@ -77,7 +78,7 @@ def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sam
     """Validate, sample, and return the pieces both losses share."""
     be, x = validate.float_array(inputs, "inputs")
     red = validate.reduction(reduction)
-    S = _num_sampled(num_sampled)
+    S = validate.positive_int(num_sampled, "num_sampled")
     if isinstance(num_true, bool) or not isinstance(num_true, numbers.Integral) or num_true < 1:
         raise ValueError(f"num_true must be a positive int, got {num_true!r}")
     T = int(num_true)
@@ -104,17 +105,9 @@ def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sam
         sample = smp.sample(t, S, unique=True, rng=rng)
     else:
         sample = _sample(be, sampled, x, N, T, S, C)
-    cdt = be.compute_dtype(be.xp.result_type(x.dtype, W.dtype) if be.name != "torch"
-                           else be.torch.promote_types(x.dtype, W.dtype))
+    cdt = be.compute_dtype(be.promote(x.dtype, W.dtype))
     sw = reduce.sample_weights(be, sample_weight, x, (N,), cdt)
     return be, x, W, b, t, sample, S, T, cdt, sw, red
-
-
-def _gather_rows(be: Backend, W: Any, idx: Any) -> Any:
-    """``W[idx]``; torch's embedding lookup has the fastest backward (a scatter-add)."""
-    if be.name == "torch":
-        return be.torch.nn.functional.embedding(idx, W)
-    return be.xp.take(W, idx, axis=0)
 
 
 def _sampled_terms(be: Backend, kind: str, x, W, b, t, sample, T: int, cdt, sw,
@@ -131,7 +124,7 @@ def _sampled_terms(be: Backend, kind: str, x, W, b, t, sample, T: int, cdt, sw,
     N, D = validate.shape_of(x)
     ids = be.stop_gradient(sample.ids)
     all_ids = xp.concat([xp.reshape(t, (-1,)), ids])
-    rows = be.astype(_gather_rows(be, W, all_ids), cdt)
+    rows = be.astype(be.gather_rows(W, all_ids), cdt)
     x = be.astype(x, cdt)
     keep = reduce.keep_mask(be, sw, None)
     if keep is not None:  # zero-weight rows (NaN padding) touch nothing
@@ -152,11 +145,10 @@ def _sampled_terms(be: Backend, kind: str, x, W, b, t, sample, T: int, cdt, sw,
         true_logits = true_logits - xp.log(te)
         shift = -xp.log(se) if shift is None else shift - xp.log(se)
     ws = rows[N * T:]
-    if be.name == "torch" and _FUSED_TORCH and not be.torch.compiler.is_compiling():
-        # (torch.compile traces the plain composition below: no graph break)
+    if _FUSED_TORCH and be.fused_sampled_columns():
         return true_logits, _torch_sampled_columns(kind, x, ws, shift, t, ids,
                                                    remove_accidental_hits, unique_ids)
-    z = xp.matmul(x, ws.T)
+    z = xp.matmul(x, xp.matrix_transpose(ws))
     if shift is not None:
         z = z + shift[None, :]
     if remove_accidental_hits:
@@ -259,6 +251,18 @@ def _SampledColumns():
     return _FUNCTION
 
 
+def _on_inputs_device(fn):
+    """Run ``fn`` with new arrays and ops placed on the inputs' device (TensorFlow)."""
+    @functools.wraps(fn)
+    def wrapper(inputs, *args, **kwargs):
+        lib = library_of(inputs)
+        if lib is None:
+            return fn(inputs, *args, **kwargs)
+        with get_backend(lib).device_scope(inputs):
+            return fn(inputs, *args, **kwargs)
+    return wrapper
+
+
 _ARGS_DOC = """
     Args:
       inputs: ``[N, D]`` floating-point activations (TF's ``inputs``); they
@@ -290,6 +294,7 @@ _ARGS_DOC = """
 
 
 @hinted
+@_on_inputs_device
 def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
                          bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
                          sampled: Any = None, remove_accidental_hits: bool = True,
@@ -311,6 +316,7 @@ def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sa
 
 
 @hinted
+@_on_inputs_device
 def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
              bias: Any = None, num_true: int = 1, sampler: Any = "log_uniform",
              sampled: Any = None, remove_accidental_hits: bool = False, rng: Any = None,
@@ -354,7 +360,8 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true c
     Numerics and cost: only the ``N * num_true + S`` rows of ``classifier``
     that are used are gathered (their gradient is a scatter into those rows;
     torch and JAX hold it in a dense ``[num_classes, D]`` gradient as for any
-    gather); no ``[N, num_classes]`` array is ever made. The logsumexp
+    gather; TensorFlow's ``GradientTape`` gives ``tf.IndexedSlices`` of those
+    rows, as ``tf.nn.sampled_softmax_loss`` does); no ``[N, num_classes]`` array is ever made. The logsumexp
     subtracts the row maximum. float16 / bfloat16 are computed in float32 and
     the result cast back. Examples with ``sample_weight == 0`` contribute 0
     to the loss and every gradient, even with NaN inputs. The expected counts
@@ -375,8 +382,10 @@ sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true c
     Validation: labels of the wrong shape or outside ``[0, num_classes)``,
     ``num_sampled > num_classes``, ``sampled`` arrays of the wrong shapes are
     ``ValueError`` (range checks need concrete values: under ``jax.jit`` they
-    are skipped for traced labels). Under ``jax.jit`` pass ``rng`` a key
-    argument: the sampler is traced into the function.
+    are skipped for traced labels; inside ``tf.function`` they are in-graph
+    assertions, which ``jit_compile=True`` drops). Under ``jax.jit`` pass
+    ``rng`` a key argument, under ``tf.function`` a seed tensor ``[2]`` or a
+    ``tf.random.Generator``: the sampler is traced into the function.
 
     Example:
       >>> import numpy as np, xent

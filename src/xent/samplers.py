@@ -25,17 +25,25 @@ number of draws that took, and the expected count is the probability that
 (TensorFlow uses ``num_sampled * P(k)`` when no draw was repeated, and so does
 xent).
 
-Randomness: ``rng`` is an int seed, a ``numpy.random.Generator``, a
-``torch.Generator`` or a JAX PRNG key. Sampling runs in the library and on the
-device of ``labels``: torch draws with ``torch.rand`` on that device (the global
-generator when ``rng`` is None, so ``torch.manual_seed`` applies); a NumPy or
-JAX generator given with torch or NumPy labels draws its uniforms where it lives
-and they are copied over. JAX labels always sample with a JAX key (a NumPy or
-torch generator seeds one), in one compiled function per sampler kind, class
-count and ``num_sampled``; it also runs inside ``jax.jit``. JAX has no global
-random state: without ``rng`` JAX labels are a ``ValueError``. The same seed
-gives the same sample in the same library; the libraries' streams differ from
-each other and from TensorFlow's.
+Randomness: ``rng`` is None, an int seed, a ``numpy.random.Generator``, a
+``torch.Generator``, a JAX PRNG key, a ``tf.random.Generator`` or a TensorFlow
+stateless seed (an integer ``tf.Tensor`` of shape ``[2]``). Sampling runs in
+the library and on the device of ``labels``, with that library's own random
+source: NumPy a ``Generator``; torch ``torch.rand`` on that device (the global
+generator when ``rng`` is None, so ``torch.manual_seed`` applies); JAX a key, in
+one compiled function per sampler kind, class count and ``num_sampled`` (it
+also runs inside ``jax.jit``; JAX has no global random state: without ``rng``
+JAX labels are a ``ValueError``); TensorFlow stateless draws
+(``tf.random.stateless_uniform``) from a seed ``[2]``: the one given, one made
+by the ``tf.random.Generator`` given (which advances), ``[seed, 0]`` for an int,
+or for None one drawn with ``tf.random.uniform`` (so ``tf.random.set_seed``
+applies). TensorFlow labels sample eagerly, inside ``tf.function`` and under
+``jit_compile=True`` (the unique loop is a ``tf.while_loop``); there pass a seed
+tensor, a ``tf.random.Generator`` or None, since an int seed gives the same
+sample on every call. A generator of another library seeds the labels'
+library's source eagerly (it advances; inside a traced function it is a
+``ValueError``). The same seed gives the same sample in the same library; the
+libraries' streams differ from each other and from TensorFlow's.
 
 Unique sampling consumes the draws in chunks of ``max(2 * num_sampled, 64)``:
 each chunk is sorted to find first occurrences, and a ``[num_classes]`` boolean
@@ -44,6 +52,7 @@ table marks the ids already taken (O(num_classes) memory per call).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -51,7 +60,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._core import validate
-from ._core.backend import Backend, backend_of, describe, get_backend, library_of, to_numpy
+from ._core.backend import Backend, backend_of, describe, get_backend, to_numpy
 
 __all__ = [
     "Sample",
@@ -76,36 +85,6 @@ class Sample(NamedTuple):
     sampled_expected_count: Any
 
 
-# --------------------------------------------------------------------------
-# Library-specific pieces: functional scatter, stable argsort, index dtype.
-# --------------------------------------------------------------------------
-
-def _scatter(be: Backend, arr: Any, idx: Any, values: Any) -> Any:
-    """A copy of ``arr`` with ``arr[idx] = values`` (1-D, no autodiff needed)."""
-    if be.name == "jax":
-        return arr.at[idx].set(values)
-    if be.name == "torch":
-        return arr.index_put((idx,), values)
-    out = arr.copy()
-    out[idx] = values
-    return out
-
-
-def _argsort(be: Backend, x: Any) -> Any:
-    if be.name == "torch":
-        return be.torch.sort(x, stable=True).indices
-    return be.xp.argsort(x, stable=True)
-
-
-def _float_dtype(be: Backend) -> Any:
-    """float64 where the library has it (TF computes probabilities in double)."""
-    if be.name == "jax":
-        return be.jnp.asarray(0.0).dtype
-    if be.name == "torch":
-        return be.torch.float64
-    return np.float64
-
-
 def _expected_count(be: Backend, p: Any, num_sampled: int, num_tries: Any) -> Any:
     """TensorFlow's ``ExpectedCountHelper`` in float32.
 
@@ -123,96 +102,42 @@ def _expected_count(be: Backend, p: Any, num_sampled: int, num_tries: Any) -> An
 
 
 # --------------------------------------------------------------------------
-# Random sources.
+# Random sources: each library's own kind, or another library's seeding it.
 # --------------------------------------------------------------------------
 
-def _is_jax_key(rng: Any) -> bool:
-    if library_of(rng) != "jax":
-        return False
-    import jax
-
-    return bool(jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)) or (
-        tuple(rng.shape) == (2,) and str(rng.dtype) == "uint32")
+_RNG_LIBRARIES = ("numpy", "torch", "jax", "tensorflow")
 
 
-def _is_torch_generator(rng: Any) -> bool:
-    return type(rng).__name__ == "Generator" and type(rng).__module__.startswith("torch")
-
-
-def _uniform_source(be: Backend, like: Any, rng: Any):
-    """A callable ``m -> [m]`` uniform floats in [0, 1) as ``be`` arrays on ``like``'s device."""
-    fdt = _float_dtype(be)
-    if rng is None:
-        if be.name == "numpy":
-            rng = np.random.default_rng()
-        elif be.name == "torch":
-            return lambda m: be.torch.rand(m, dtype=fdt, device=like.device)
-        else:
-            raise ValueError(
-                "rng must be given for JAX arrays (JAX has no global random state): "
-                "pass rng=jax.random.key(seed) or an int seed")
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-        seed = int(rng)
-        if be.name == "numpy":
-            rng = np.random.default_rng(seed)
-        elif be.name == "torch":
-            rng = be.torch.Generator(device=like.device).manual_seed(seed)
-        else:
-            rng = be.jax.random.key(seed)
-    if be.name == "jax" and not _is_jax_key(rng):
-        # JAX labels sample with a JAX key (one compiled sampler); another
-        # library's generator seeds it, so it still advances and reproduces.
-        if isinstance(rng, np.random.Generator):
-            rng = be.jax.random.key(int(rng.integers(0, 2**62)))
-        elif _is_torch_generator(rng):
-            import torch
-
-            rng = be.jax.random.key(int(torch.randint(0, 2**62, (1,), generator=rng,
-                                                      device=rng.device)))
-    if isinstance(rng, np.random.Generator):
-        gen = rng
-        return lambda m: be.asarray(gen.random(m), like, dtype=fdt) if be.name != "numpy" \
-            else gen.random(m)
-    if _is_torch_generator(rng):
-        import torch
-
-        g = rng
-        if be.name == "torch":
-            return lambda m: torch.rand(m, generator=g, dtype=fdt, device=g.device).to(like.device)
-        return lambda m: be.asarray(torch.rand(m, generator=g, dtype=torch.float64,
-                                               device=g.device).cpu().numpy(), like, dtype=fdt)
-    if _is_jax_key(rng):
-        if be.name != "jax":
-            src = _JaxKeySource(get_backend("jax"), rng)
-            return lambda m: be.asarray(np.asarray(src(m)), like, dtype=fdt)
-        return _JaxKeySource(be, rng)
+def _rng_state(be: Backend, like: Any, rng: Any) -> Any:
+    """The sampling loop's random state in ``be`` (see ``Backend.rng_state``)."""
+    if rng is None or (isinstance(rng, numbers.Integral) and not isinstance(rng, bool)) \
+            or be.is_rng(rng):
+        return be.rng_state(rng, like)
+    for name in _RNG_LIBRARIES:
+        if name != be.name and _loaded(name) and get_backend(name).is_rng(rng):
+            if not be.is_concrete(like):
+                raise ValueError(
+                    f"rng is a {name} generator, which cannot advance inside a traced "
+                    f"{be.name} function (its draw would be frozen at trace time): pass an "
+                    f"int seed or a random source of {be.name}")
+            # Another library's generator seeds this one's, eagerly: it advances
+            # (a JAX key does not), so the same generator state reproduces.
+            return be.rng_state(get_backend(name).seed_of(rng), like)
     raise TypeError(
-        "rng must be None, an int seed, a numpy.random.Generator, a torch.Generator or a "
-        f"JAX PRNG key, got {describe(rng)}")
+        "rng must be None, an int seed, a numpy.random.Generator, a torch.Generator, a "
+        "JAX PRNG key, a tf.random.Generator or a TensorFlow seed [2], got "
+        f"{describe(rng)}")
 
 
-class _JaxKeySource:
-    """A JAX key. With JAX labels the whole sampler is one traceable function
-    (the unique-sampling loop a ``lax.while_loop``), jitted once per
-    ``num_sampled`` when called eagerly; with other labels it is split once per
-    chunk of draws and the draws copied over.
-    """
+def _loaded(name: str) -> bool:
+    import sys
 
-    def __init__(self, be: Backend, key: Any) -> None:
-        self.be = be
-        self.key = key
-        self.traced = not be.is_concrete(key)
-
-    def __call__(self, m: int) -> Any:
-        self.key, sub = self.be.jax.random.split(self.key)
-        return self.be.jax.random.uniform(sub, (m,), dtype=_float_dtype(self.be))
+    return name == "numpy" or name in sys.modules
 
 
 # --------------------------------------------------------------------------
 # The sampler base class: the unique-sampling loop lives here, once.
 # --------------------------------------------------------------------------
-
-_JITTED: dict[tuple, Any] = {}
 
 
 class _Sampler:
@@ -245,7 +170,8 @@ class _Sampler:
     def probability(self, ids: Any) -> Any:
         """``P(ids)``, float32, in the library and on the device of ``ids``."""
         be, ids = backend_of(ids, "ids")
-        return self._probability(be, ids, self._params(be, ids))
+        with be.device_scope(ids):
+            return self._probability(be, ids, self._params(be, ids))
 
     # -- sampling -----------------------------------------------------------
     def sample(self, labels: Any, num_sampled: int, *, unique: bool = True,
@@ -260,8 +186,9 @@ class _Sampler:
             classes with non-zero probability when ``unique``).
           unique: sample without replacement (draw until ``num_sampled``
             distinct ids came up) or with it.
-          rng: an int seed, ``numpy.random.Generator``, ``torch.Generator``
-            or JAX key (required for JAX labels).
+          rng: an int seed, ``numpy.random.Generator``, ``torch.Generator``,
+            JAX key (required for JAX labels), ``tf.random.Generator`` or
+            TensorFlow stateless seed ``[2]``.
 
         Returns:
           ``Sample(ids [num_sampled], true_expected_count [labels' shape],
@@ -269,89 +196,61 @@ class _Sampler:
           int32), counts float32.
         """
         be, labels = backend_of(labels, "labels")
-        S = _num_sampled(num_sampled)
+        S = validate.positive_int(num_sampled, "num_sampled")
         unique = bool(unique)
         if unique and S > self._support_size():
             raise ValueError(
                 f"num_sampled={S} is larger than the {self._support_size()} classes that can "
                 "be drawn; unique sampling needs num_sampled <= that (or unique=False)")
-        source = _uniform_source(be, labels, rng)
-        params = self._params(be, labels)
-        if isinstance(source, _JaxKeySource):
-            if source.traced:
-                return self._sample_jax(labels, source.key, params, S=S, unique=unique)
-            # One compiled sampler per kind, class count and size: whatever else
-            # the distribution needs travels in `params`.
-            key = (type(self), self.num_classes, S, unique)
-            fn = _JITTED.get(key)
-            if fn is None:
-                import functools
-
-                fn = _JITTED[key] = be.jax.jit(
-                    functools.partial(self._sample_jax, S=S, unique=unique))
-            return fn(labels, source.key, params)
-        ids, tries = self._draw_ids(be, labels, S, unique, source, params)
-        return self._result(be, labels, ids, S, tries, params)
-
-    def _result(self, be, labels, ids, S, tries, params) -> Sample:
-        return Sample(ids, _expected_count(be, self._probability(be, labels, params), S, tries),
-                      _expected_count(be, self._probability(be, ids, params), S, tries))
+        with be.device_scope(labels):
+            state = _rng_state(be, labels, rng)
+            params = self._params(be, labels)
+            # One compiled sampler (JAX) per kind, class count and size: whatever
+            # else the distribution needs travels in `params`.
+            fn = be.compiled((type(self), self.num_classes, S, unique),
+                             functools.partial(self._sample_with, be, S=S, unique=unique))
+            return fn(labels, state, params)
 
     def _chunk(self, S: int) -> int:
         return max(2 * S, 64)
 
-    def _draw_ids(self, be: Backend, like: Any, S: int, unique: bool, uniform, params):
-        """Eager sampling (NumPy, torch): a Python loop over chunks of draws."""
+    def _sample_with(self, be: Backend, labels: Any, state: Any, params: tuple, *, S: int,
+                     unique: bool) -> Sample:
+        """The sampler as one function of the labels, random state and parameters.
+
+        Unique draws consume chunks of uniforms in ``be.while_loop``: a Python
+        loop for NumPy and torch, ``lax.while_loop`` (JAX) and ``tf.while_loop``
+        (TensorFlow: also inside ``tf.function`` and under XLA).
+        """
+        fdt = be.wide_float
         idt = be.index_dtype
         if not unique:
-            return be.astype(self._draw(be, uniform(S), params), idt), S
-        state = _unique_init(be, like, S, self.num_classes)
-        M = self._chunk(S)
-        while int(state[1]) < S:
-            draws = be.astype(self._draw(be, uniform(M), params), idt)
-            state = _unique_step(be, state, draws, S, self.num_classes)
-        return state[0][:S], int(state[2])
+            u, _ = be.uniform(state, S, labels, fdt)
+            ids, tries = be.astype(self._draw(be, u, params), idt), S
+        else:
+            M = self._chunk(S)
 
-    def _sample_jax(self, labels: Any, key: Any, params: tuple, *, S: int, unique: bool):
-        """JAX sampling as a traceable function: the chunk loop is a ``lax.while_loop``."""
-        be = get_backend("jax")
-        jax = be.jax
-        fdt = _float_dtype(be)
-        idt = be.index_dtype
-        if not unique:
-            u = jax.random.uniform(jax.random.split(key)[1], (S,), dtype=fdt)
-            return self._result(be, labels, be.astype(self._draw(be, u, params), idt), S, S,
-                                params)
-        M = self._chunk(S)
+            def cond(carry):
+                return carry[0][1] < S
 
-        def cond(carry):
-            return carry[0][1] < S
+            def body(carry):
+                st, rs = carry
+                u, rs = be.uniform(rs, M, labels, fdt)
+                draws = be.astype(self._draw(be, u, params), idt)
+                return _unique_step(be, st, draws, S, self.num_classes), rs
 
-        def body(carry):
-            state, k = carry
-            k, sub = jax.random.split(k)
-            u = jax.random.uniform(sub, (M,), dtype=fdt)
-            draws = be.astype(self._draw(be, u, params), idt)
-            return _unique_step(be, state, draws, S, self.num_classes), k
-
-        init = (_unique_init(be, labels, S, self.num_classes), key)
-        state, _ = jax.lax.while_loop(cond, body, init)
-        return self._result(be, labels, state[0][:S], S, state[2], params)
-
-
-def _num_sampled(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"num_sampled must be an int, got {describe(value)}")
-    if value < 1:
-        raise ValueError(f"num_sampled must be at least 1, got {value}")
-    return int(value)
+            init = (_unique_init(be, labels, S, self.num_classes), state)
+            st, _ = be.while_loop(cond, body, init)
+            ids, tries = st[0][:S], st[2]
+        return Sample(ids, _expected_count(be, self._probability(be, labels, params), S, tries),
+                      _expected_count(be, self._probability(be, ids, params), S, tries))
 
 
 def _unique_init(be: Backend, like: Any, S: int, V_: int):
     """(ids buffer [S + 1], filled, tries, seen [V + 1]); the last slots are write sinks."""
     xp = be.xp
     idt = be.index_dtype
-    kw = {"device": like.device} if be.name == "torch" else {}
+    kw = be.device_kw(like)
     ids = xp.zeros(S + 1, dtype=idt, **kw)
     seen = xp.zeros(V_ + 1, dtype=xp.bool, **kw)
     zero = xp.zeros((), dtype=idt, **kw)
@@ -367,10 +266,11 @@ def _unique_step(be: Backend, state, draws: Any, S: int, V_: int):
     xp = be.xp
     ids, n, tries, seen = state
     M = int(draws.shape[0])
-    order = _argsort(be, draws)
+    kw = be.device_kw(draws)
+    order = be.stable_argsort(draws)
     sd = xp.take(draws, order)
-    first_sorted = xp.concat([xp.ones(1, dtype=xp.bool, **_dev(be, draws)), sd[1:] != sd[:-1]])
-    first = _scatter(be, xp.zeros(M, dtype=xp.bool, **_dev(be, draws)), order, first_sorted)
+    first_sorted = xp.concat([xp.ones(1, dtype=xp.bool, **kw), sd[1:] != sd[:-1]])
+    first = be.scatter(xp.zeros(M, dtype=xp.bool, **kw), order, first_sorted)
     cand = first & ~xp.take(seen, draws)
     rank = xp.cumulative_sum(be.astype(cand, ids.dtype))
     need = S - n
@@ -379,23 +279,11 @@ def _unique_step(be: Backend, state, draws: Any, S: int, V_: int):
     consumed = xp.sum(be.astype(rank < need, ids.dtype)) + 1
     tries = tries + xp.minimum(consumed, xp.full_like(consumed, M))
     slot = xp.where(take, n + rank - 1, xp.full_like(rank, S))
-    ids = _scatter(be, ids, slot, draws)
-    seen = _scatter(be, seen, xp.where(take, draws, xp.full_like(draws, V_)),
-                    xp.ones(M, dtype=xp.bool, **_dev(be, draws)))
+    ids = be.scatter(ids, slot, draws)
+    seen = be.scatter(seen, xp.where(take, draws, xp.full_like(draws, V_)),
+                      xp.ones(M, dtype=xp.bool, **kw))
     n = n + xp.minimum(found, need)
     return ids, n, tries, seen
-
-
-def _dev(be: Backend, like: Any) -> dict:
-    return {"device": like.device} if be.name == "torch" else {}
-
-
-def _num_classes(value: Any, name: str = "num_classes") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {describe(value)}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return int(value)
 
 
 # --------------------------------------------------------------------------
@@ -421,7 +309,7 @@ class LogUniformSampler(_Sampler):
     """
 
     def __init__(self, num_classes: int) -> None:
-        self.num_classes = _num_classes(num_classes)
+        self.num_classes = validate.positive_int(num_classes, "num_classes")
         self._log_range = math.log(self.num_classes + 1)
 
     def _draw(self, be, u, params):
@@ -431,7 +319,7 @@ class LogUniformSampler(_Sampler):
 
     def _probability(self, be, ids, params):
         xp = be.xp
-        k = be.astype(ids, _float_dtype(be))
+        k = be.astype(ids, be.wide_float)
         return be.astype(xp.log((k + 2.0) / (k + 1.0)) / self._log_range, be.float32)
 
     def __repr__(self) -> str:
@@ -450,7 +338,7 @@ class UniformSampler(_Sampler):
     """
 
     def __init__(self, num_classes: int) -> None:
-        self.num_classes = _num_classes(num_classes)
+        self.num_classes = validate.positive_int(num_classes, "num_classes")
 
     def _draw(self, be, u, params):
         xp = be.xp
@@ -459,7 +347,7 @@ class UniformSampler(_Sampler):
 
     def _probability(self, be, ids, params):
         return be.xp.full(validate.shape_of(ids), 1.0 / self.num_classes, dtype=be.float32,
-                          **_dev(be, ids))
+                          **be.device_kw(ids))
 
     def __repr__(self) -> str:
         return f"UniformSampler({self.num_classes})"
@@ -489,7 +377,7 @@ class _TableSampler(_Sampler):
         key = (be.name, str(getattr(like, "device", "")))
         t = self._tables.get(key)
         if t is None:
-            cdf = be.asarray(self._cdf, like, dtype=_float_dtype(be))
+            cdf = be.asarray(self._cdf, like, dtype=be.wide_float)
             prob = be.asarray(self._prob, like, dtype=be.float32)
             t = (cdf, prob)
             if be.is_concrete(like):  # arrays made while tracing must not outlive the trace
@@ -591,7 +479,7 @@ class LearnedUnigramSampler(_TableSampler):
     """
 
     def __init__(self, num_classes: int) -> None:
-        n = _num_classes(num_classes)
+        n = validate.positive_int(num_classes, "num_classes")
         self.counts = np.ones(n, dtype=np.int64)
         self._set_weights(self.counts)
 

@@ -225,6 +225,83 @@ class Backend:
         safe = xp.where(pos, x, xp.ones_like(x))
         return xp.where(pos, safe**gamma, xp.zeros_like(x))
 
+    # --- sampling (samplers.py / sampled.py) ---
+    @property
+    def wide_float(self) -> Any:
+        """float64 where the library has it (samplers compute probabilities in double, as TF)."""
+        return np.float64
+
+    def device_kw(self, like: Any) -> dict:
+        """``device=`` keyword for array constructors that put a new array on ``like``'s device."""
+        return {}
+
+    def device_scope(self, like: Any) -> Any:
+        """A context in which new arrays and ops are placed on ``like``'s device."""
+        return contextlib.nullcontext()
+
+    def scatter(self, arr: Any, idx: Any, values: Any) -> Any:
+        """A copy of the 1-D ``arr`` with ``arr[idx] = values`` (no autodiff; repeated
+        indices write one of their values)."""
+        out = arr.copy()
+        out[idx] = values
+        return out
+
+    def stable_argsort(self, x: Any) -> Any:
+        return self.xp.argsort(x, stable=True)
+
+    def promote(self, a: Any, b: Any) -> Any:
+        """The dtype that ``a`` and ``b`` (dtypes) promote to."""
+        return self.xp.result_type(a, b)
+
+    def gather_rows(self, table: Any, idx: Any) -> Any:
+        """``table[idx]`` along axis 0, with the library's fastest backward."""
+        return self.xp.take(table, idx, axis=0)
+
+    def after_checks(self, x: Any) -> Any:
+        """``x``, computed after the in-graph value checks queued so far (TensorFlow graphs:
+        a consumer such as a gather must not run before the assertion on its indices)."""
+        return x
+
+    def fused_sampled_columns(self) -> bool:
+        """Whether sampled.py's fused torch autograd node applies now (torch, not compiling)."""
+        return False
+
+    def while_loop(self, cond: Any, body: Any, init: Any) -> Any:
+        """``while cond(c): c = body(c)``; traced as one loop where the library has one."""
+        c = init
+        while bool(cond(c)):
+            c = body(c)
+        return c
+
+    def compiled(self, key: Any, fn: Any) -> Any:
+        """``fn``, compiled once per ``key`` where eager calls gain from it (JAX)."""
+        return fn
+
+    # Random draws. A sampler's loop carries a library "rng state" (NumPy: a
+    # Generator; torch: a Generator or None for the global one; JAX: a key;
+    # TensorFlow: a stateless seed [2]). Another library's generator is turned
+    # into an int seed with that library's ``seed_of`` (eagerly).
+    def is_rng(self, rng: Any) -> bool:
+        """Whether ``rng`` is a random source of this library."""
+        return isinstance(rng, np.random.Generator)
+
+    def rng_state(self, rng: Any, like: Any) -> Any:
+        """The loop state for ``rng``: None (the library's default source), an int seed,
+        or a source of this library (``is_rng``)."""
+        if rng is None:
+            return np.random.default_rng()
+        if isinstance(rng, np.random.Generator):
+            return rng
+        return np.random.default_rng(int(rng))
+
+    def seed_of(self, rng: Any) -> int:
+        """An int seed drawn from this library's ``rng`` (advancing it where it has state)."""
+        return int(rng.integers(0, 2**62))
+
+    def uniform(self, state: Any, m: int, like: Any, dtype: Any) -> tuple[Any, Any]:
+        """``m`` uniform floats in [0, 1) of ``dtype`` on ``like``'s device, and the next state."""
+        return state.random(m), state
+
 
 class TorchBackend(Backend):
     name = "torch"
@@ -282,6 +359,46 @@ class TorchBackend(Backend):
 
     def moveaxis(self, x: Any, source: int, dest: int) -> Any:
         return self.torch.movedim(x, source, dest)
+
+    # --- sampling (samplers.py / sampled.py) ---
+    @property
+    def wide_float(self) -> Any:
+        return self.torch.float64
+
+    def device_kw(self, like: Any) -> dict:
+        return {"device": like.device}
+
+    def scatter(self, arr: Any, idx: Any, values: Any) -> Any:
+        return arr.index_put((idx,), values)
+
+    def stable_argsort(self, x: Any) -> Any:
+        return self.torch.sort(x, stable=True).indices
+
+    def promote(self, a: Any, b: Any) -> Any:
+        return self.torch.promote_types(a, b)
+
+    def gather_rows(self, table: Any, idx: Any) -> Any:
+        # the embedding lookup's backward is one scatter-add
+        return self.torch.nn.functional.embedding(idx, table)
+
+    def fused_sampled_columns(self) -> bool:
+        # torch.compile traces the plain composition (no graph break)
+        return not self.torch.compiler.is_compiling()
+
+    def is_rng(self, rng: Any) -> bool:
+        return isinstance(rng, self.torch.Generator)
+
+    def rng_state(self, rng: Any, like: Any) -> Any:
+        if rng is None or isinstance(rng, self.torch.Generator):
+            return rng  # None: the global generator (torch.manual_seed applies)
+        return self.torch.Generator(device=like.device).manual_seed(int(rng))
+
+    def seed_of(self, rng: Any) -> int:
+        return int(self.torch.randint(0, 2**62, (1,), generator=rng, device=rng.device))
+
+    def uniform(self, state: Any, m: int, like: Any, dtype: Any) -> tuple[Any, Any]:
+        dev = like.device if state is None else state.device
+        return self.torch.rand(m, generator=state, dtype=dtype, device=dev).to(like.device), state
 
 
 class JaxBackend(Backend):
@@ -369,6 +486,45 @@ class JaxBackend(Backend):
     def moveaxis(self, x: Any, source: int, dest: int) -> Any:
         return self.jnp.moveaxis(x, source, dest)
 
+    # --- sampling (samplers.py / sampled.py) ---
+    @property
+    def wide_float(self) -> Any:
+        return self.jax.dtypes.canonicalize_dtype(self.jnp.float64)
+
+    def scatter(self, arr: Any, idx: Any, values: Any) -> Any:
+        return arr.at[idx].set(values)
+
+    def while_loop(self, cond: Any, body: Any, init: Any) -> Any:
+        return self.jax.lax.while_loop(cond, body, init)
+
+    def compiled(self, key: Any, fn: Any) -> Any:
+        # one compiled sampler per key (a call inside jax.jit nests the jitted one)
+        out = _COMPILED.get(key)
+        if out is None:
+            out = _COMPILED[key] = self.jax.jit(fn)
+        return out
+
+    def is_rng(self, rng: Any) -> bool:
+        if library_of(rng) != "jax":
+            return False
+        dt = self.jax.dtypes
+        return bool(dt.issubdtype(rng.dtype, dt.prng_key)) or (
+            tuple(rng.shape) == (2,) and str(rng.dtype) == "uint32")
+
+    def rng_state(self, rng: Any, like: Any) -> Any:
+        if rng is None:
+            raise ValueError(
+                "rng must be given for JAX arrays (JAX has no global random state): "
+                "pass rng=jax.random.key(seed) or an int seed")
+        return rng if self.is_rng(rng) else self.jax.random.key(int(rng))
+
+    def seed_of(self, rng: Any) -> int:
+        return int(self.jax.random.randint(rng, (), 0, 2**31 - 1))
+
+    def uniform(self, state: Any, m: int, like: Any, dtype: Any) -> tuple[Any, Any]:
+        state, sub = self.jax.random.split(state)
+        return self.jax.random.uniform(sub, (m,), dtype=dtype), state
+
 
 class TFBackend(Backend):
     """TensorFlow tensors and variables: eager, ``tf.function`` and ``jit_compile=True``.
@@ -388,6 +544,7 @@ class TFBackend(Backend):
 
         self.xp = tf_namespace
         self.tf = tf
+        self._pending_checks: list = []
 
     def dtype_name(self, dtype: Any) -> str:
         return self.tf.as_dtype(dtype).name
@@ -450,7 +607,8 @@ class TFBackend(Backend):
         return self.tf.sigmoid(x)
 
     def take_along_axis(self, x: Any, idx: Any, axis: int = -1) -> Any:
-        return self.xp.take_along_axis(x, idx, axis=axis)
+        # inside tf.function the gather waits for the assertions on its indices
+        return self.xp.take_along_axis(x, self.after_checks(idx), axis=axis)
 
     def moveaxis(self, x: Any, source: int, dest: int) -> Any:
         n = len(x.shape)
@@ -462,10 +620,74 @@ class TFBackend(Backend):
     def assert_in_graph(self, ok: Any, message: str) -> None:
         """An in-graph assertion that all of ``ok`` holds (inside ``tf.function``)."""
         tf = self.tf
-        tf.debugging.Assert(tf.reduce_all(ok), [message])
+        op = tf.debugging.Assert(tf.reduce_all(ok), [message])
+        if op is not None and not tf.executing_eagerly():
+            self._pending_checks.append(op)  # ordered before use by ``after_checks``
+
+    # --- sampling (samplers.py / sampled.py) ---
+    @property
+    def wide_float(self) -> Any:
+        return self.tf.float64
+
+    def device_scope(self, like: Any) -> Any:
+        dev = getattr(like, "device", "") if self.tf.executing_eagerly() else ""
+        return self.tf.device(dev) if dev else contextlib.nullcontext()
+
+    def scatter(self, arr: Any, idx: Any, values: Any) -> Any:
+        tf = self.tf
+        return tf.tensor_scatter_nd_update(arr, tf.reshape(idx, (-1, 1)), values)
+
+    def promote(self, a: Any, b: Any) -> Any:
+        return self.xp.result_type(a, b)
+
+    def after_checks(self, x: Any) -> Any:
+        tf = self.tf
+        pending, self._pending_checks = self._pending_checks, []
+        graph = getattr(x, "graph", None)
+        pending = [op for op in pending if getattr(op, "graph", None) is graph]
+        if not pending:
+            return x
+        with tf.control_dependencies(pending):
+            return tf.identity(x)
+
+    def while_loop(self, cond: Any, body: Any, init: Any) -> Any:
+        # eagerly a Python loop; inside tf.function (and under XLA) one graph loop
+        return self.tf.while_loop(lambda *c: cond(c), lambda *c: tuple(body(c)), tuple(init))
+
+    def is_rng(self, rng: Any) -> bool:
+        tf = self.tf
+        if isinstance(rng, tf.random.Generator):
+            return True
+        return library_of(rng) == "tensorflow" and rng.dtype.is_integer and \
+            tuple(rng.shape) == (2,)
+
+    def rng_state(self, rng: Any, like: Any) -> Any:
+        # The state is a stateless seed [2] (int64), split once per chunk of draws:
+        # valid eagerly, inside tf.function and under jit_compile=True.
+        tf = self.tf
+        if rng is None:  # TF's global seed (tf.random.set_seed) applies
+            return tf.random.uniform((2,), 0, 2**62, dtype=tf.int64)
+        if isinstance(rng, tf.random.Generator):
+            return tf.cast(rng.make_seeds(1)[:, 0], tf.int64)
+        if library_of(rng) == "tensorflow":
+            return tf.cast(rng, tf.int64)
+        return tf.constant([int(rng), 0], tf.int64)
+
+    def seed_of(self, rng: Any) -> int:
+        tf = self.tf
+        if isinstance(rng, tf.random.Generator):
+            return int(rng.uniform_full_int((), tf.int64)) % 2**62
+        a, b = (int(v) for v in to_numpy(rng))
+        return (a * 1_000_003 + b) % 2**62
+
+    def uniform(self, state: Any, m: int, like: Any, dtype: Any) -> tuple[Any, Any]:
+        tf = self.tf
+        seeds = tf.random.experimental.stateless_split(state, 2)
+        return tf.random.stateless_uniform((m,), seeds[0], dtype=dtype), seeds[1]
 
 
 _BACKENDS: dict[str, Backend] = {}
+_COMPILED: dict[Any, Any] = {}  # JaxBackend.compiled
 _CLASSES = {"numpy": Backend, "torch": TorchBackend, "jax": JaxBackend,
             "tensorflow": TFBackend}
 

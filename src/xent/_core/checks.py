@@ -16,7 +16,9 @@ Default (no mode set): ``"raise"`` for arrays in host memory (NumPy, torch and
 JAX CPU arrays), ``"async"`` for arrays on an accelerator. While tracing
 (``jax.jit`` / ``jax.vmap``, ``torch.compile``, ``tf.function``) ``"raise"``
 becomes the in-graph kind: ``"async"`` for torch and TensorFlow, skipped for
-JAX; so a traced function never breaks its graph for a check.
+JAX; so a traced function never breaks its graph for a check. Under
+``tf.function(jit_compile=True)`` XLA drops TensorFlow's assertions: there the
+checks do not run (validate eagerly or in a plain ``tf.function``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class value_checks:
     * ``"off"``: no value checks.
 
     Under tracing (``jax.jit``, ``torch.compile``, ``tf.function``) checks are
-    in-graph (torch, TensorFlow) or skipped (JAX): never a graph break.
+    in-graph (torch, TensorFlow) or skipped (JAX): never a graph break. XLA
+    (``tf.function(jit_compile=True)``) drops the TensorFlow assertions.
 
     Example:
       >>> import numpy as np, xent

@@ -190,3 +190,7 @@ def squeeze(x: Any, axis: Any = None) -> Any:
 
 def moveaxis(x: Any, source: int, dest: int) -> Any:
     return tf.experimental.numpy.moveaxis(x, source, dest)
+
+
+def matrix_transpose(x: Any) -> Any:
+    return tf.linalg.matrix_transpose(x)

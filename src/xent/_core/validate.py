@@ -87,6 +87,15 @@ def scalar(value: Any, name: str, *, low: float = -math.inf, high: float = math.
     return value
 
 
+def positive_int(value: Any, name: str) -> int:
+    """A Python int >= 1 (a count: classes, candidates), or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
 def flag(value: Any, name: str) -> bool:
     """A bool (Python or NumPy), or a ``TypeError``: no truthy strings or arrays."""
     if not isinstance(value, (bool, np.bool_)):
