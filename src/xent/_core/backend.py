@@ -197,6 +197,48 @@ class Backend:
         """
         return self.logsumexp(x, axis=axis, keepdims=True)
 
+    def log_normalizer(self, z: Any) -> tuple[Any, Any, Any]:
+        """``(z - m, logsumexp(z - m), m)`` along the last axis, ``m`` the row maximum.
+
+        ``log p = (z - m) - logsumexp(z - m)``: the shift ``z - m`` is exact and
+        the log-sum is at most ``log C``, so no rounding of a huge
+        ``logsumexp(z)`` reaches ``log p`` (float32 logits near -1e4 keep
+        float32 precision; the unshifted ``z - logsumexp(z)`` loses three
+        digits there). ``m`` is a constant for autodiff (the loss does not
+        depend on it); a non-finite row maximum is replaced by 0.
+        """
+        xp = self.xp
+        m = xp.max(z, axis=-1, keepdims=True)
+        m = self.stop_gradient(xp.where(xp.isfinite(m), m, xp.zeros_like(m)))
+        zs = z - m
+        return zs, self.logsumexp_shifted(zs, axis=-1), m
+
+    def label_log_prob(self, z: Any, t: Any, normalizer: Any = None) -> Any:
+        """``log softmax(z)[..., t]`` (``[...]``) for integer labels ``t`` (``be.index_dtype``).
+
+        ``normalizer``: ``log_normalizer(z)`` when the caller already has it.
+        Gathered from ``z``, not ``z - m``: the same numbers, but XLA then need
+        not write the shifted logits to memory for the gather. torch overrides
+        it with its fused ``log_softmax`` (same shifted formula, one operator
+        forward and one backward).
+        """
+        zs, lse_s, m = self.log_normalizer(z) if normalizer is None else normalizer
+        return ((self.take_along_axis(z, t[..., None], axis=-1) - m) - lse_s)[..., 0]
+
+    def matmul_t(self, x: Any, w: Any) -> Any:
+        """``x @ w^T`` for ``[N, D]`` and ``[V, D]`` matrices."""
+        return x @ w.T
+
+    def needs_grad(self, x: Any) -> bool:
+        """Whether a gradient may flow to ``x`` (True where the library cannot tell)."""
+        return False
+
+    def value_range(self, x: Any) -> tuple[Any, Any]:
+        """``(min, max)`` of an integer array as host numbers (eager, non-empty only)."""
+        with self.eager_scope():
+            c = self.concrete(x)
+            return self.host(self.xp.min(c)).item(), self.host(self.xp.max(c)).item()
+
     def softplus(self, x: Any) -> Any:
         """``log(1 + exp(x))`` without overflow."""
         return np.logaddexp(x, np.zeros((), dtype=x.dtype))
@@ -269,6 +311,22 @@ class TorchBackend(Backend):
 
     def log_softmax(self, x: Any, axis: int = -1) -> Any:
         return self.torch.log_softmax(x, dim=axis)
+
+    def label_log_prob(self, z: Any, t: Any, normalizer: Any = None) -> Any:
+        if normalizer is not None:
+            return super().label_log_prob(z, t, normalizer)
+        logp = self.torch.log_softmax(z, dim=-1)
+        return self.torch.gather(logp, -1, t.unsqueeze(-1)).squeeze(-1)
+
+    def matmul_t(self, x: Any, w: Any) -> Any:
+        return x @ w.mT
+
+    def needs_grad(self, x: Any) -> bool:
+        return bool(x.requires_grad) and self.torch.is_grad_enabled()
+
+    def value_range(self, x: Any) -> tuple[Any, Any]:
+        lo, hi = self.torch.aminmax(x)  # one pass; two scalars cross to the host
+        return lo.item(), hi.item()
 
     def softplus(self, x: Any) -> Any:
         # Above the threshold softplus(x) == x to within exp(-40) relative.
@@ -357,6 +415,9 @@ class JaxBackend(Backend):
         # exp-sum pass replaces jax.nn.logsumexp's second max and selects
         return self.jnp.log(self.jnp.sum(self.jnp.exp(x), axis=axis, keepdims=True))
 
+    def needs_grad(self, x: Any) -> bool:
+        return True  # a tracer of jax.grad looks like any other array
+
     def softplus(self, x: Any) -> Any:
         return self.jnp.logaddexp(x, 0.0)
 
@@ -442,6 +503,12 @@ class TFBackend(Backend):
         # x <= 0 (or a row of -inf): exp cannot overflow; one exp-sum pass
         tf = self.tf
         return tf.math.log(tf.reduce_sum(tf.exp(x), axis=axis, keepdims=True))
+
+    def matmul_t(self, x: Any, w: Any) -> Any:
+        return self.tf.linalg.matmul(x, w, transpose_b=True)
+
+    def needs_grad(self, x: Any) -> bool:
+        return True  # a GradientTape may watch any tensor
 
     def softplus(self, x: Any) -> Any:
         return self.tf.nn.softplus(x)

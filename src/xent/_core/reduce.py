@@ -120,6 +120,12 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
     return out
 
 
+def finish(call: Any, loss: Any) -> Any:
+    """Reduce the per-element ``loss`` of a validated call (``xent._core.record``) as it says."""
+    return reduce(call.be, loss, reduction=call.reduction, sample_weight=call.sw, norm=call.norm,
+                  valid=call.valid, out_dtype=call.out_dtype, normalizer=call.normalizer)
+
+
 def ignore_and_weight(be: Backend, labels: Any, ignore_index: Any, sample_weight: Any,
                       like: Any, shape: tuple[int, ...], dtype: Any) -> tuple[Any, Any, Any]:
     """Integer labels with ``ignore_index`` folded into the sample weights.
