@@ -127,8 +127,9 @@ def default_chunk(n: int, v: int, chunk_size: Any) -> int:
     return max(1, min(v, chunk_size))
 
 
-def numpy_rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, cdt: Any, o: Opts) -> Any:
-    """NumPy kernel: the per-row loss, one vocabulary chunk at a time."""
+def numpy_rows(call: Any) -> Any:
+    """NumPy kernel: the per-row loss of a ``LinearCall``, one vocabulary chunk at a time."""
+    x, W, b, t, w_t, cw, cdt, o = call.x, call.W, call.b, call.t, call.w_t, call.cw, call.cdt, call.opts
     xp = np
     n = x.shape[0]
     state = online_init(xp, n, cdt)

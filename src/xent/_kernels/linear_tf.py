@@ -99,8 +99,9 @@ def _backward(x32, W, b, t, w_t, cw, lse, g, o: Opts, cdt):
     return dX, tf.concat(dW_parts, axis=0), tf.concat(db_parts, axis=0)
 
 
-def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts) -> Any:
-    """The per-row loss ``[N]``, differentiable (``tf.GradientTape``) for ``x``, ``W`` and ``b``."""
+def rows(call: Any) -> Any:
+    """The per-row loss ``[N]`` of a ``LinearCall``, differentiable (``tf.GradientTape``) for ``x``, ``W`` and ``b``."""
+    x, W, b, t, w_t, cw, o = call.x, call.W, call.b, call.t, call.w_t, call.cw, call.opts
     x = tf.convert_to_tensor(x)
     W = tf.convert_to_tensor(W)
     cdt = _cdt(x.dtype)

@@ -338,16 +338,16 @@ class _LinearCE(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
-def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts, *,
-         g_like: Any = None) -> Any:
-    """The per-row loss ``[N]``, differentiable for ``x``, ``W`` and ``b``.
+def rows(call: Any) -> Any:
+    """The per-row loss ``[N]`` of a ``LinearCall``, differentiable for ``x``, ``W`` and ``b``.
 
-    ``g_like`` (optional): a promise that the backward's per-row cotangent is
+    ``call.g_like`` (optional): a promise that the backward's per-row cotangent is
     ``c * g_like`` for one scalar ``c`` -- ``1.0`` (uniform rows) or an ``[N]``
     tensor (the sample weights), as every reduction but ``"none"`` gives. With
     it (or when only ``x`` needs a gradient) the token-blocked layout may form
     the gradients in the forward pass: three products per step, not four.
     """
+    x, W, b, t, w_t, cw, o, g_like = call.x, call.W, call.b, call.t, call.w_t, call.cw, call.opts, call.g_like
     w_t = w_t if isinstance(w_t, torch.Tensor) else None
     sw = g_like.detach() if isinstance(g_like, torch.Tensor) else None
     return _LinearCE.apply(x, W, b, t, w_t, cw, o, sw, g_like is not None)
