@@ -107,6 +107,10 @@ class Backend:
     """The array library of one call, with the primitives the losses need."""
 
     name: str = "numpy"
+    #: how ``xent.parallel`` reaches the other ranks: ``"group"`` (a
+    #: torch.distributed process group, eager collectives), ``"axis_name"``
+    #: (a mesh axis inside ``jax.shard_map``), or None (no vocabulary parallelism)
+    collective: str | None = None
 
     def __init__(self) -> None:
         import array_api_compat.numpy as xp
@@ -166,6 +170,25 @@ class Backend:
     def host(self, x: Any) -> np.ndarray:
         """The values of ``x`` as a NumPy array (eager only: ``is_concrete(x)``)."""
         return to_numpy(x)
+
+    # -- value checks (``xent.value_checks``, :mod:`xent._core.checks`) ------
+    def on_host(self, x: Any) -> bool:
+        """Whether ``x``'s values are in host memory (reading them stalls nothing)."""
+        return True
+
+    def tracing(self, x: Any) -> bool:
+        """Whether ``x`` is being traced (``jax.jit``, ``torch.compile``, ``tf.function``)."""
+        return not self.is_concrete(x)
+
+    def async_mode(self, tracing: bool) -> str:
+        """What the "async" value-check mode becomes: "async", "raise" or "off".
+
+        NumPy has no device to queue an assertion on: it raises.
+        """
+        return "raise"
+
+    def assert_async(self, ok: Any, message: str) -> None:
+        """Queue a device-side assertion that the boolean scalar ``ok`` holds (torch only)."""
 
     def any(self, mask: Any) -> bool:
         """``bool(mask.any())`` (eager only)."""
@@ -239,6 +262,10 @@ class Backend:
             c = self.concrete(x)
             return self.host(self.xp.min(c)).item(), self.host(self.xp.max(c)).item()
 
+    def all_sum(self, x: Any, over: Any) -> Any:
+        """``x`` summed over the ranks of ``over`` (a group or mesh axis; None: ``x`` itself)."""
+        return x
+
     def softplus(self, x: Any) -> Any:
         """``log(1 + exp(x))`` without overflow."""
         return np.logaddexp(x, np.zeros((), dtype=x.dtype))
@@ -270,6 +297,7 @@ class Backend:
 
 class TorchBackend(Backend):
     name = "torch"
+    collective = "group"
 
     def __init__(self) -> None:
         import array_api_compat.torch as xp
@@ -303,6 +331,27 @@ class TorchBackend(Backend):
     def any(self, mask: Any) -> bool:
         return bool(mask.any())  # one element crosses to the host, not the mask
 
+    def on_host(self, x: Any) -> bool:
+        return x.device.type == "cpu"
+
+    def _compiling(self) -> bool:
+        compiler = getattr(self.torch, "compiler", None)
+        return bool(compiler is not None and compiler.is_compiling())
+
+    def _func_transform(self) -> bool:
+        functorch = getattr(self.torch._C, "_are_functorch_transforms_active", None)
+        return bool(functorch is not None and functorch())
+
+    def tracing(self, x: Any) -> bool:
+        return self._compiling() or self._func_transform()
+
+    def async_mode(self, tracing: bool) -> str:
+        # torch.func transforms: no data-dependent assertion there
+        return "off" if tracing and not self._compiling() else "async"
+
+    def assert_async(self, ok: Any, message: str) -> None:
+        self.torch._assert_async(ok, message)
+
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
 
@@ -328,6 +377,15 @@ class TorchBackend(Backend):
         lo, hi = self.torch.aminmax(x)  # one pass; two scalars cross to the host
         return lo.item(), hi.item()
 
+    def all_sum(self, x: Any, over: Any) -> Any:
+        if over is None:
+            return x
+        import torch.distributed as dist
+
+        x = x.clone()  # never the caller's tensor
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=over)
+        return x
+
     def softplus(self, x: Any) -> Any:
         # Above the threshold softplus(x) == x to within exp(-40) relative.
         return self.torch.nn.functional.softplus(x, beta=1.0, threshold=40.0)
@@ -344,6 +402,7 @@ class TorchBackend(Backend):
 
 class JaxBackend(Backend):
     name = "jax"
+    collective = "axis_name"
 
     def __init__(self) -> None:
         import jax
@@ -401,6 +460,15 @@ class JaxBackend(Backend):
     def host(self, x: Any) -> np.ndarray:
         return to_numpy(self._concrete(x))
 
+    def on_host(self, x: Any) -> bool:
+        try:
+            return all(d.platform == "cpu" for d in x.devices())
+        except Exception:  # a tracer: no devices to ask
+            return True
+
+    def async_mode(self, tracing: bool) -> str:
+        return "off"  # no device-side assertion in JAX: the check is skipped
+
     def stop_gradient(self, x: Any) -> Any:
         return self.jax.lax.stop_gradient(x)
 
@@ -417,6 +485,9 @@ class JaxBackend(Backend):
 
     def needs_grad(self, x: Any) -> bool:
         return True  # a tracer of jax.grad looks like any other array
+
+    def all_sum(self, x: Any, over: Any) -> Any:
+        return x if over is None else self.jax.lax.psum(x, over)
 
     def softplus(self, x: Any) -> Any:
         return self.jnp.logaddexp(x, 0.0)
@@ -486,6 +557,13 @@ class TFBackend(Backend):
 
     def host(self, x: Any) -> np.ndarray:
         return to_numpy(x)
+
+    def on_host(self, x: Any) -> bool:
+        device = str(getattr(x, "device", "") or "")
+        return "GPU" not in device and "TPU" not in device
+
+    def async_mode(self, tracing: bool) -> str:
+        return "async"  # an in-graph assertion (``assert_in_graph``)
 
     def any(self, mask: Any) -> bool:
         return bool(self.tf.reduce_any(mask))
