@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._core import reduce
+from ._core.backend import get_backend
 from ._core import validate
 
 __all__ = ["count", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
@@ -200,7 +201,7 @@ def _torch_fns():
 
         @staticmethod
         def forward(ctx, z, tl, owner, keep, cw, o, group):  # noqa: D102
-            cdt = torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
+            cdt = get_backend("torch").compute_dtype(z.dtype)
             zc = _masked(torch, z, keep, cdt)
             n, vl = zc.shape
             m_loc = zc.amax(1) if vl else torch.full((n,), -math.inf, dtype=cdt, device=z.device)
@@ -258,7 +259,7 @@ def _torch_fns():
 
         @staticmethod
         def forward(ctx, x, W, b, tl, owner, cw, o, group, reduce_input_grad):  # noqa: D102
-            cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            cdt = get_backend("torch").compute_dtype(x.dtype)
             n = x.shape[0]
             vl = W.shape[0]
             cwc = None if cw is None else cw.to(cdt)
@@ -779,7 +780,7 @@ def _count_tf(labels, ignore, sample_weight, class_weight):
         n = tf.cast(valid, dt)
         t = tf.where(valid, t, tf.zeros_like(t))
     if class_weight is not None:
-        n = n * tf.gather(tf.cast(class_weight, dt), tf.cast(t, tf.int32))
+        n = n * tf.gather(tf.cast(class_weight, dt), tf.cast(t, tf.int64))
     if sample_weight is not None:
         n = n * tf.broadcast_to(tf.cast(sample_weight, dt), tf.shape(n))
     total = tf.reduce_sum(n)

@@ -111,6 +111,7 @@ class Backend:
     #: torch.distributed process group, eager collectives), ``"axis_name"``
     #: (a mesh axis inside ``jax.shard_map``), or None (no vocabulary parallelism)
     collective: str | None = None
+    _compute_dtypes: dict | None = None
 
     def __init__(self) -> None:
         import array_api_compat.numpy as xp
@@ -125,10 +126,17 @@ class Backend:
         return np.dtype(x.dtype).kind == "f" or self.dtype_name(x.dtype) == "bfloat16"
 
     def compute_dtype(self, dtype: Any) -> Any:
-        """float16 / bfloat16 are computed in float32; others as they are."""
-        if self.dtype_name(dtype) in _LOW_PRECISION:
-            return self.float32
-        return dtype
+        """float16 / bfloat16 are computed in float32; others as they are.
+
+        The one place this rule is written; decided once per dtype.
+        """
+        if self._compute_dtypes is None:
+            self._compute_dtypes = {}
+        cdt = self._compute_dtypes.get(dtype)
+        if cdt is None:
+            cdt = self.float32 if self.dtype_name(dtype) in _LOW_PRECISION else dtype
+            self._compute_dtypes[dtype] = cdt
+        return cdt
 
     @property
     def float32(self) -> Any:
@@ -241,12 +249,14 @@ class Backend:
 
         ``normalizer``: ``log_normalizer(z)`` when the caller already has it.
         Gathered from ``z``, not ``z - m``: the same numbers, but XLA then need
-        not write the shifted logits to memory for the gather. torch overrides
-        it with its fused ``log_softmax`` (same shifted formula, one operator
-        forward and one backward).
+        not write the shifted logits to memory for the gather.
         """
         zs, lse_s, m = self.log_normalizer(z) if normalizer is None else normalizer
         return ((self.take_along_axis(z, t[..., None], axis=-1) - m) - lse_s)[..., 0]
+
+    def label_nll(self, z: Any, t: Any) -> Any:
+        """``-log softmax(z)[..., t]``: the negative log-likelihood of integer labels."""
+        return -self.label_log_prob(z, t)
 
     def matmul_t(self, x: Any, w: Any) -> Any:
         """``x @ w^T`` for ``[N, D]`` and ``[V, D]`` matrices."""
@@ -361,11 +371,13 @@ class TorchBackend(Backend):
     def log_softmax(self, x: Any, axis: int = -1) -> Any:
         return self.torch.log_softmax(x, dim=axis)
 
-    def label_log_prob(self, z: Any, t: Any, normalizer: Any = None) -> Any:
-        if normalizer is not None:
-            return super().label_log_prob(z, t, normalizer)
-        logp = self.torch.log_softmax(z, dim=-1)
-        return self.torch.gather(logp, -1, t.unsqueeze(-1)).squeeze(-1)
+    def label_nll(self, z: Any, t: Any) -> Any:
+        # two fused operators forward and backward (log_softmax, nll_loss), the
+        # same shifted formula; t holds no ignored entries (they are 0 by now)
+        C = z.shape[-1]
+        logp = self.torch.log_softmax(z.reshape(-1, C) if z.dim() != 2 else z, dim=-1)
+        nll = self.torch.nn.functional.nll_loss(logp, t.reshape(-1), reduction="none")
+        return nll if z.dim() == 2 else nll.reshape(t.shape)
 
     def matmul_t(self, x: Any, w: Any) -> Any:
         return x @ w.mT
@@ -611,6 +623,7 @@ class TFBackend(Backend):
 
 
 _BACKENDS: dict[str, Backend] = {}
+_BY_TYPE: dict[type, Backend] = {}
 _CLASSES = {"numpy": Backend, "torch": TorchBackend, "jax": JaxBackend,
             "tensorflow": TFBackend}
 
@@ -628,7 +641,13 @@ def backend_of(x: Any, name: str = "logits") -> tuple[Backend, Any]:
     Python lists and scalars become NumPy arrays. Anything else that is not a
     NumPy, torch or JAX array is a ``TypeError`` naming ``name``.
     """
+    be = _BY_TYPE.get(type(x))
+    if be is not None:  # an array type seen before: no isinstance chain
+        return be, x
     lib = library_of(x)
+    if lib is not None:
+        be = _BY_TYPE[type(x)] = get_backend(lib)
+        return be, x
     if lib is None:
         if isinstance(x, (list, tuple, int, float, bool)):
             try:

@@ -363,9 +363,7 @@ def _plain_rows(z, a, keep, zl):
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     zs = z - m
     lse_s = torch.logsumexp(zs, 1, keepdim=True)
-    logp = zs - lse_s
-    logp = torch.where((a == 0) & torch.isinf(logp), torch.zeros_like(logp), logp)
-    loss = -(a * logp).sum(1)
+    loss = -_safe_product(a, zs - lse_s).sum(1)
     if zl != 0.0:
         loss = loss + zl * (lse_s + m)[:, 0] ** 2
     return loss

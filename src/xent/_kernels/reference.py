@@ -27,13 +27,17 @@ def _masked(be: Backend, x: Any, keep: Any, classes: bool) -> Any:
 
 
 def sparse(call: Call) -> Any:
-    """Integer labels: ``-(1 - s) w_t (1 - p_t)^g log p_t - (s / C) sum_c w_c (1 - p_c)^g log p_c``."""
-    be, t, w_t, cw, s, gamma, zl = call.be, call.labels, call.w_t, call.cw, call.s, call.gamma, call.zl
+    """Integer labels: ``-(1 - s) w_t f_t log p_t - (s / C) sum_c w_c f_c log p_c``.
+
+    ``f_c = (1 - p_c)**gamma`` (1 without the focal factor).
+    """
+    be, t, w_t, cw = call.be, call.labels, call.w_t, call.cw
+    s, gamma, zl = call.s, call.gamma, call.zl
     xp = be.xp
     C = call.num_classes
     z = _masked(be, be.astype(call.z, call.cdt), call.keep, True)
     if s == 0.0 and gamma == 0.0 and zl == 0.0:
-        nll = -be.label_log_prob(z, t)
+        nll = be.label_nll(z, t)
         return nll if w_t is None else nll * w_t
     zs, lse_s, m = be.log_normalizer(z)
     logp_t = be.label_log_prob(z, t, (zs, lse_s, m))

@@ -18,11 +18,11 @@ the two.
 The table (module path and function, imported on first use, so that
 ``import xent`` imports neither torch nor jax)::
 
-    loss      reference              numpy              torch              jax                tensorflow
-    sparse    reference.sparse       dense_numpy        dense_torch        dense_jax (*)      (reference)
-    dense     reference.dense        dense_numpy        dense_torch        dense_jax          (reference)
-    sigmoid   reference.sigmoid      dense_numpy        dense_torch        dense_jax          (reference)
-    linear    reference.linear       linear_rows        linear_torch       linear_jax         linear_tf
+    loss     reference (all)     numpy         torch          jax             tensorflow
+    sparse   reference.sparse    dense_numpy   dense_torch    dense_jax (*)   -
+    dense    reference.dense     dense_numpy   dense_torch    dense_jax       -
+    sigmoid  reference.sigmoid   dense_numpy   dense_torch    dense_jax       -
+    linear   reference.linear    linear_rows   linear_torch   linear_jax      linear_tf
 
 (*) declines: under ``jax.jit`` the reference fuses into as few passes as optax.
 
