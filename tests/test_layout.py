@@ -109,11 +109,12 @@ def test_every_loss_has_a_reference_and_its_entries_resolve():
     assert {"sparse", "dense", "sigmoid", "linear"} <= set(table.REFERENCE)
     for (loss, lib), kernel in table.FUSED.items():
         assert loss in table.REFERENCE, (loss, lib)
-        if isinstance(kernel, str):
-            mod, _, attr = kernel.partition(":")
-            assert mod.rsplit(".", 1)[-1] in _FUSED_MODULES + ("linear_rows",), kernel
-            assert f"def {attr}(call" in (SRC / "_kernels" / f"{mod.rsplit('.', 1)[-1]}.py"
-                                          ).read_text(), f"{kernel} takes the call record"
+        if isinstance(kernel, tuple):
+            load, attr = kernel
+            mod = load.__name__.lstrip("_")
+            assert mod in _FUSED_MODULES + ("linear_rows",), kernel
+            assert f"def {attr}(call" in (SRC / "_kernels" / f"{mod}.py").read_text(), (
+                f"{mod}.{attr} takes the call record")
 
 
 def _spy_reference(monkeypatch):

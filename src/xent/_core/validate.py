@@ -23,7 +23,10 @@ REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weig
 
 
 def shape_of(x: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in x.shape)
+    shape = x.shape
+    if type(shape) is tuple:  # NumPy, JAX: already Python ints
+        return shape
+    return tuple(int(d) for d in shape)
 
 
 def float_array(x: Any, name: str = "logits") -> tuple[Backend, Any]:
@@ -132,6 +135,8 @@ def normalizer(value: Any, reduction: str, be: Backend, like: Any, dtype: Any) -
 
 
 def axis(value: Any, ndim: int, name: str = "axis") -> int:
+    if type(value) is int and -ndim <= value < ndim:  # the common case, checked cheaply
+        return value % ndim
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {describe(value)}")
     if ndim == 0:

@@ -15,8 +15,8 @@ is validated after the record is built.
 sparse, sigmoid and linear -- use its reference kernel; the tests compare
 the two.
 
-The table (module path and function, imported on first use, so that
-``import xent`` imports neither torch nor jax)::
+The table (module and function, imported on first use, so that ``import
+xent`` imports neither torch nor jax)::
 
     loss     reference (all)     numpy         torch          jax             tensorflow
     sparse   reference.sparse    dense_numpy   dense_torch    dense_jax (*)   -
@@ -34,9 +34,11 @@ library.
 
 Adding a loss (sampled softmax and NCE register this way): a reference kernel
 taking the loss's record, ``register_reference("sampled", kernel)``, fused
-entries with ``register("sampled", "torch", "xent._kernels.sampled_torch:loss")``
-(a callable or a lazy ``"module:function"`` string), and ``run("sampled",
-record)`` in the public function.
+entries with ``register("sampled", "torch", (_sampled_torch, "loss"))`` (a
+callable, or a loader and the function's name: the loader is a function
+whose ``from . import sampled_torch`` runs on first use; an ``import``
+statement, unlike ``importlib``, is traced by ``torch.compile``), and
+``run("sampled", record)`` in the public function.
 
 The fused dense kernels (``dense_torch.py``, ``dense_numpy.py``,
 ``dense_jax.py``, which only rewrites expressions for XLA):
@@ -66,7 +68,6 @@ reference composition.
 
 from __future__ import annotations
 
-import importlib
 from contextlib import contextmanager
 from typing import Any, Callable
 
@@ -78,8 +79,8 @@ Kernel = Callable[[Any], Any]
 
 #: loss -> the reference kernel (the plain composition, every library)
 REFERENCE: dict[str, Kernel] = {}
-#: (loss, library) -> fused kernel, or a lazy "module:function" until first used
-FUSED: dict[tuple[str, str], Kernel | str] = {}
+#: (loss, library) -> fused kernel, or (module loader, function name) until first used
+FUSED: dict[tuple[str, str], Any] = {}
 
 
 def register_reference(loss: str, kernel: Kernel) -> None:
@@ -87,11 +88,11 @@ def register_reference(loss: str, kernel: Kernel) -> None:
     REFERENCE[loss] = kernel
 
 
-def register(loss: str, library: str, kernel: Kernel | str) -> None:
+def register(loss: str, library: str, kernel: Any) -> None:
     """Register a fused kernel of ``loss`` for ``library`` (a ``Backend.name``).
 
     ``kernel``: a callable ``kernel(record) -> per-element loss or None``, or
-    ``"module:function"`` imported on its first call.
+    ``(loader, "function")``: ``loader()`` returns the module, on first use.
     """
     FUSED[(loss, library)] = kernel
 
@@ -109,9 +110,9 @@ def disabled():
 
 def _resolve(key: tuple[str, str]) -> Kernel | None:
     k = FUSED.get(key)
-    if isinstance(k, str):
-        mod, _, attr = k.partition(":")
-        k = FUSED[key] = getattr(importlib.import_module(mod), attr)
+    if isinstance(k, tuple):
+        load, attr = k
+        k = FUSED[key] = getattr(load(), attr)
     return k
 
 
@@ -134,10 +135,48 @@ register_reference("dense", reference.dense)
 register_reference("sigmoid", reference.sigmoid)
 register_reference("linear", reference.linear)
 
-for _lib in ("numpy", "torch", "jax"):
+# the kernel modules, imported on first use by ``import`` statements
+
+
+def _dense_numpy():
+    from . import dense_numpy
+    return dense_numpy
+
+
+def _dense_torch():
+    from . import dense_torch
+    return dense_torch
+
+
+def _dense_jax():
+    from . import dense_jax
+    return dense_jax
+
+
+def _linear_rows():
+    from . import linear_rows
+    return linear_rows
+
+
+def _linear_torch():
+    from . import linear_torch
+    return linear_torch
+
+
+def _linear_jax():
+    from . import linear_jax
+    return linear_jax
+
+
+def _linear_tf():
+    from . import linear_tf
+    return linear_tf
+
+
+for _lib, _load in (("numpy", _dense_numpy), ("torch", _dense_torch), ("jax", _dense_jax)):
     for _loss in ("sparse", "dense", "sigmoid"):
-        register(_loss, _lib, f"xent._kernels.dense_{_lib}:{_loss}_loss")
-register("linear", "numpy", "xent._kernels.linear_rows:numpy_rows")
-register("linear", "torch", "xent._kernels.linear_torch:rows")
-register("linear", "jax", "xent._kernels.linear_jax:rows")
-register("linear", "tensorflow", "xent._kernels.linear_tf:rows")
+        register(_loss, _lib, (_load, f"{_loss}_loss"))
+register("linear", "numpy", (_linear_rows, "numpy_rows"))
+register("linear", "torch", (_linear_torch, "rows"))
+register("linear", "jax", (_linear_jax, "rows"))
+register("linear", "tensorflow", (_linear_tf, "rows"))
