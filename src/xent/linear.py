@@ -30,7 +30,9 @@ from ._core import reduce
 from ._core import validate
 from ._core import weights
 from ._core.backend import Backend, library_of
-from ._kernels.linear_rows import Opts, default_chunk, numpy_rows
+from ._core.record import LinearCall
+from ._kernels import table as kernels
+from ._kernels.linear_rows import Opts, default_chunk
 
 __all__ = ["linear_cross_entropy"]
 
@@ -206,20 +208,7 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
 
     # every reduction but "none" back-propagates c * sample_weight per row (one scalar c)
     g_like = None if red == "none" else (1.0 if sw is None else xp.reshape(sw, (n,)))
-    if be.name == "torch":
-        from ._kernels import linear_torch
-
-        rows = linear_torch.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
-    elif be.name == "jax":
-        from ._kernels import linear_jax
-
-        rows = linear_jax.rows(x2, W, b, t2, w_t, cw, o, g_like=g_like)
-    elif be.name == "tensorflow":
-        from ._kernels import linear_tf
-
-        rows = linear_tf.rows(x2, W, b, t2, w_t, cw, o)
-    else:
-        rows = numpy_rows(x2, W, b, t2, w_t, cw, cdt, o)
-    return reduce.reduce(be, xp.reshape(rows, lead), reduction=red, sample_weight=sw, norm=norm,
-                    valid=valid, out_dtype=x.dtype,
-                    normalizer=validate.normalizer(normalizer, red, be, x, cdt))
+    call = LinearCall(be, x2, W, b, t2, w_t, cw, o, cdt, g_like, lead, x.dtype, red, sw=sw,
+                      valid=valid, norm=norm,
+                      normalizer=validate.normalizer(normalizer, red, be, x, cdt))
+    return reduce.finish(call, xp.reshape(kernels.run("linear", call), lead))

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from ._core import reduce
-from ._core import validate as V
+from ._core.backend import get_backend
+from ._core import validate
 
 __all__ = ["count", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
@@ -47,9 +48,9 @@ __all__ = ["count", "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross
 
 
 def _options(label_smoothing, z_loss, reduction, normalizer):
-    s = V.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    zl = V.scalar(z_loss, "z_loss", low=0.0)
-    red = V.reduction(reduction)
+    s = validate.scalar(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    zl = validate.scalar(z_loss, "z_loss", low=0.0)
+    red = validate.reduction(reduction)
     if normalizer is not None and red != "mean":
         raise ValueError(
             f"normalizer= replaces the reduction's denominator, so reduction must be left at "
@@ -200,7 +201,7 @@ def _torch_fns():
 
         @staticmethod
         def forward(ctx, z, tl, owner, keep, cw, o, group):  # noqa: D102
-            cdt = torch.float32 if z.dtype in (torch.float16, torch.bfloat16) else z.dtype
+            cdt = get_backend("torch").compute_dtype(z.dtype)
             zc = _masked(torch, z, keep, cdt)
             n, vl = zc.shape
             m_loc = zc.amax(1) if vl else torch.full((n,), -math.inf, dtype=cdt, device=z.device)
@@ -258,7 +259,7 @@ def _torch_fns():
 
         @staticmethod
         def forward(ctx, x, W, b, tl, owner, cw, o, group, reduce_input_grad):  # noqa: D102
-            cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+            cdt = get_backend("torch").compute_dtype(x.dtype)
             n = x.shape[0]
             vl = W.shape[0]
             cwc = None if cw is None else cw.to(cdt)
@@ -397,13 +398,13 @@ def _labels_and_weights(be, t, ignore, sample_weight, like, lead, cdt):
         t = xp.where(valid, t, xp.zeros_like(t))
     sw = None
     if sample_weight is not None:
-        sw = V.convert(be, sample_weight, like, "sample_weight", "logits")
-        V.broadcastable_to(sw, lead, "sample_weight", "the per-element loss shape")
+        sw = validate.convert(be, sample_weight, like, "sample_weight", "logits")
+        validate.broadcastable_to(sw, lead, "sample_weight", "the per-element loss shape")
         sw = be.astype(sw, cdt)
-        if V.shape_of(sw) != tuple(lead):
+        if validate.shape_of(sw) != tuple(lead):
             sw = xp.broadcast_to(sw, tuple(lead))
-        if V.eager(be, sw):
-            V.in_range(be, sw, 0.0, float("inf"), "sample_weight",
+        if validate.eager(be, sw):
+            validate.in_range(be, sw, 0.0, float("inf"), "sample_weight",
                        "sample weights must be non-negative")
     if valid is not None:
         sw = be.astype(valid, cdt) if sw is None else xp.where(valid, sw, xp.zeros_like(sw))
@@ -416,11 +417,11 @@ def _labels_and_weights(be, t, ignore, sample_weight, like, lead, cdt):
 
 
 def _group_args(be, group, axis_name):
-    if be.name == "torch":
+    if be.collective == "group":
         if axis_name is not None:
             raise ValueError("axis_name= is for JAX arrays inside jax.shard_map; torch tensors "
                              "take group= (a torch.distributed process group, None: the default)")
-    elif be.name == "jax":
+    elif be.collective == "axis_name":
         if group is not None:
             raise ValueError("group= is a torch.distributed process group; JAX arrays take "
                              "axis_name= (the mesh axis of jax.shard_map)")
@@ -435,22 +436,16 @@ def _group_args(be, group, axis_name):
 def _cw_local(be, class_weight, like, vl, cdt):
     if class_weight is None:
         return None, False
-    cw = V.convert(be, class_weight, like, "class_weight")
-    if V.shape_of(cw) != (vl,):
+    cw = validate.convert(be, class_weight, like, "class_weight")
+    if validate.shape_of(cw) != (vl,):
         raise ValueError(f"class_weight must be this rank's slice, shape ({vl},) (one weight per "
-                         f"local class), got {V.shape_of(cw)}")
+                         f"local class), got {validate.shape_of(cw)}")
     cw = be.stop_gradient(be.astype(cw, cdt))
     bad = False
-    if V.eager(be, cw) and vl:
+    if validate.eager(be, cw) and vl:
         with be.eager_scope():
             bad = bool(be.any(be.concrete(cw) < 0))
     return cw, bad
-
-
-def _index(be, t):
-    if be.name == "torch":
-        return be.astype(t, be.torch.int64)
-    return be.astype(t, be.jnp.int32)
 
 
 def _core(be, kind, arrays, lead, labels, vocab_start, group, axis_name, class_weight, s, zl,
@@ -465,25 +460,29 @@ def _core(be, kind, arrays, lead, labels, vocab_start, group, axis_name, class_w
     tmin = tmax = 0
     bad_cw = False
     t = sw = valid = keep = cw = None
+    # torch.distributed: every rank first reaches the layout exchange, which
+    # also shares any rank's validation error, so that no rank hangs in a
+    # collective another one never enters; JAX traces and raises at once
+    eager_ranks = be.collective == "group"
     try:
-        t = V.convert(be, labels, like, "labels", extra["ref"])
-        V.same_shape(t, lead, "labels", extra["hint"])
-        V.integer_labels(be, t, "labels")
+        t = validate.convert(be, labels, like, "labels", extra["ref"])
+        validate.same_shape(t, lead, "labels", extra["hint"])
+        validate.integer_labels(be, t, "labels")
         t, sw, valid, keep = _labels_and_weights(be, t, ignore, sample_weight, like, lead, cdt)
         cw, bad_cw = _cw_local(be, class_weight, like, vl, cdt)
         _check_normalizer(normalizer)
-        if be.name == "torch":
+        if eager_ranks:
             tmin, tmax = _label_range(be.torch, xp.reshape(t, (-1,)),
                                       None if valid is None else xp.reshape(valid, (-1,)))
     except (ValueError, TypeError) as e:
-        if be.name != "torch":
+        if not eager_ranks:
             raise
         err = e
-    if be.name == "torch":
+    if eager_ranks:
         torch = be.torch
         start, nv = _torch_layout(torch, group, like.device, vocab_start, vl, n, tmin, tmax,
                                   bad_cw, err)
-        t2 = xp.reshape(_index(be, t), (n,))
+        t2 = xp.reshape(be.astype(t, be.index_dtype), (n,))
         owner = (t2 >= start) & (t2 < start + vl)
         k2 = None if keep is None else xp.reshape(keep, (n,))
         if k2 is not None:
@@ -513,7 +512,7 @@ def _core(be, kind, arrays, lead, labels, vocab_start, group, axis_name, class_w
     # the one reduction helper every loss uses (the normalizer was checked on every rank above)
     return reduce.reduce(be, rows, reduction=red, sample_weight=sw, norm=norm, valid=valid,
                          out_dtype=like.dtype,
-                         normalizer=V.normalizer(normalizer, red, be, like, cdt))
+                         normalizer=validate.normalizer(normalizer, red, be, like, cdt))
 
 
 # ---------------------------------------------------------------------------
@@ -590,11 +589,11 @@ def vocab_parallel_cross_entropy(logits: Any, labels: Any, /, *, vocab_start: An
       0.169846
       >>> dist.destroy_process_group()
     """
-    be, logits = V.float_array(logits, "logits")
+    be, logits = validate.float_array(logits, "logits")
     s, zl, red = _options(label_smoothing, z_loss, reduction, normalizer)
-    ignore = V.ignore_index(ignore_index)
+    ignore = validate.ignore_index(ignore_index)
     _group_args(be, group, axis_name)
-    shape = V.shape_of(logits)
+    shape = validate.shape_of(logits)
     if len(shape) == 0:
         raise ValueError("logits must have shape [..., V_local], got a scalar")
     lead, vl = shape[:-1], shape[-1]
@@ -654,35 +653,35 @@ def vocab_parallel_linear_cross_entropy(inputs: Any, classifier: Any, labels: An
       1.268458
       >>> dist.destroy_process_group()
     """
-    be, x = V.float_array(inputs, "inputs")
+    be, x = validate.float_array(inputs, "inputs")
     s, zl, red = _options(label_smoothing, z_loss, reduction, normalizer)
-    ignore = V.ignore_index(ignore_index)
-    reduce_input_grad = V.flag(reduce_input_grad, "reduce_input_grad")
-    cap = None if logit_softcap is None else V.scalar(logit_softcap, "logit_softcap", low=0.0,
+    ignore = validate.ignore_index(ignore_index)
+    reduce_input_grad = validate.flag(reduce_input_grad, "reduce_input_grad")
+    cap = None if logit_softcap is None else validate.scalar(logit_softcap, "logit_softcap", low=0.0,
                                                       low_open=True)
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, numbers.Integral)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     _group_args(be, group, axis_name)
-    shape = V.shape_of(x)
+    shape = validate.shape_of(x)
     if len(shape) == 0:
         raise ValueError("inputs must have shape [..., D], got a scalar")
     D, lead = shape[-1], shape[:-1]
-    W = V.convert(be, classifier, x, "classifier", "inputs")
-    if len(V.shape_of(W)) != 2 or V.shape_of(W)[1] != D:
+    W = validate.convert(be, classifier, x, "classifier", "inputs")
+    if len(validate.shape_of(W)) != 2 or validate.shape_of(W)[1] != D:
         raise ValueError(f"classifier must have shape [V_local, D] = [V_local, {D}] (D from "
-                         f"inputs {shape}), got {V.shape_of(W)}")
+                         f"inputs {shape}), got {validate.shape_of(W)}")
     if W.dtype != x.dtype:
         raise TypeError(f"classifier must have the inputs' dtype {be.dtype_name(x.dtype)}, "
                         f"got {be.dtype_name(W.dtype)}")
-    vl = V.shape_of(W)[0]
+    vl = validate.shape_of(W)[0]
     b = None
     if bias is not None:
-        b = V.convert(be, bias, x, "bias", "inputs")
-        if V.shape_of(b) != (vl,):
+        b = validate.convert(be, bias, x, "bias", "inputs")
+        if validate.shape_of(b) != (vl,):
             raise ValueError(f"bias must have shape ({vl},) (this rank's classes), "
-                             f"got {V.shape_of(b)}")
+                             f"got {validate.shape_of(b)}")
         b = be.astype(b, x.dtype)
     n = int(math.prod(lead))
     x2 = be.xp.reshape(x, (n, D))
@@ -728,21 +727,21 @@ def count(labels: Any, /, *, ignore_index: int | None = None, sample_weight: Any
       >>> float(xent.parallel.count(np.array([3, -100, 1]), ignore_index=-100))
       2.0
     """
-    ignore = V.ignore_index(ignore_index)
+    ignore = validate.ignore_index(ignore_index)
     if type(labels).__module__.startswith("tensorflow") or "tensorflow" in str(type(labels)):
         return _count_tf(labels, ignore, sample_weight, class_weight)
     from ._core.backend import backend_of
 
     be, labels = backend_of(labels, "labels")
     xp = be.xp
-    V.integer_labels(be, labels, "labels")
-    lead = V.shape_of(labels)
+    validate.integer_labels(be, labels, "labels")
+    lead = validate.shape_of(labels)
     dt = be.float32
     swa = cwa = None
     if sample_weight is not None:
-        swa = V.convert(be, sample_weight, labels, "sample_weight", "labels")
+        swa = validate.convert(be, sample_weight, labels, "sample_weight", "labels")
     if class_weight is not None:
-        cwa = V.convert(be, class_weight, labels, "class_weight", "labels")
+        cwa = validate.convert(be, class_weight, labels, "class_weight", "labels")
     for w in (swa, cwa):  # float64 weights give a float64 count
         if w is not None and be.dtype_name(w.dtype) == "float64":
             dt = w.dtype
@@ -753,32 +752,21 @@ def count(labels: Any, /, *, ignore_index: int | None = None, sample_weight: Any
     n = xp.ones(lead, dtype=dt) if valid is None else be.astype(valid, dt)
     if class_weight is not None:
         cw = be.astype(cwa, dt)
-        if len(V.shape_of(cw)) != 1:
-            raise ValueError(f"class_weight must be the full [V] vector, got {V.shape_of(cw)}")
-        n = n * xp.reshape(xp.take(cw, xp.reshape(_index(be, t) if be.name != "numpy"
-                                                  else t.astype(np.intp), (-1,)), axis=0),
+        if len(validate.shape_of(cw)) != 1:
+            raise ValueError(f"class_weight must be the full [V] vector, got {validate.shape_of(cw)}")
+        n = n * xp.reshape(xp.take(cw, xp.reshape(be.astype(t, be.index_dtype), (-1,)), axis=0),
                            lead)
     if sample_weight is not None:
         sw = be.astype(swa, dt)
-        V.broadcastable_to(sw, lead, "sample_weight", "the labels' shape")
+        validate.broadcastable_to(sw, lead, "sample_weight", "the labels' shape")
         n = n * sw
     total = xp.sum(n)
-    if axis_name is not None:
-        if be.name != "jax":
-            raise ValueError("axis_name= is for JAX arrays inside jax.shard_map")
-        from jax import lax
-
-        return lax.psum(total, axis_name)
-    if be.name == "torch":
-        import torch.distributed as dist
-
-        if group is not None:
-            total = total.clone()
-            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
-    elif group is not None:
+    if axis_name is not None and be.collective != "axis_name":
+        raise ValueError("axis_name= is for JAX arrays inside jax.shard_map")
+    if axis_name is None and group is not None and be.collective != "group":
         raise ValueError("group= is a torch.distributed process group; these labels are "
                          f"{be.name} arrays")
-    return total
+    return be.all_sum(total, group if axis_name is None else axis_name)
 
 
 def _count_tf(labels, ignore, sample_weight, class_weight):
@@ -792,7 +780,7 @@ def _count_tf(labels, ignore, sample_weight, class_weight):
         n = tf.cast(valid, dt)
         t = tf.where(valid, t, tf.zeros_like(t))
     if class_weight is not None:
-        n = n * tf.gather(tf.cast(class_weight, dt), tf.cast(t, tf.int32))
+        n = n * tf.gather(tf.cast(class_weight, dt), tf.cast(t, tf.int64))
     if sample_weight is not None:
         n = n * tf.broadcast_to(tf.cast(sample_weight, dt), tf.shape(n))
     total = tf.reduce_sum(n)

@@ -7,6 +7,7 @@ from typing import Any
 from ._core.hints import hinted
 from ._core import reduce
 from ._core import validate
+from ._core.record import Call
 from ._kernels import table as kernels
 
 __all__ = ["sigmoid_cross_entropy", "log_loss"]
@@ -34,13 +35,6 @@ def _xlog(be, w, x):
     zero = (w == 0) & (x == 0)
     safe = xp.where(zero, xp.ones_like(x), x)
     return xp.where(zero, xp.zeros_like(x), w * xp.log(safe))
-
-
-def _safe_product(be, w, value):
-    """``w * value`` that is 0 (value and gradients) where ``w == 0`` and value is inf."""
-    xp = be.xp
-    bad = (w == 0) & xp.isinf(value)
-    return w * xp.where(bad, xp.zeros_like(value), value)
 
 
 @hinted
@@ -129,7 +123,6 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
     alpha = None if focal_alpha is None else validate.scalar(focal_alpha, "focal_alpha", low=0.0,
                                                       high=1.0)
     red = validate.reduction(reduction)
-    xp = be.xp
     shape = validate.shape_of(logits)
     cdt = be.compute_dtype(logits.dtype)
     y = _labels(be, labels, logits, shape, cdt)
@@ -140,35 +133,11 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
         validate.in_range(be, pw, 0.0, float("inf"), "pos_weight", "pos_weight must be non-negative")
         pw = be.astype(pw, cdt)
     sw = reduce.sample_weights(be, sample_weight, logits, shape, cdt)
-    keep = reduce.keep_mask(be, sw, None)
-    # the fused fast path has no alpha: it declines and the plain composition runs
-    loss = None if alpha is not None else kernels.sigmoid_loss(be, logits, y, pw, keep, s, gamma)
-    if loss is None:
-        loss = _sigmoid_loss(be, be.astype(logits, cdt), y, pw, keep, s, gamma)
-    if alpha is not None:
-        # torchvision's alpha_t: alpha on the positive part, 1 - alpha on the negative part
-        a_t = alpha * y + (1.0 - alpha) * (1.0 - y)
-        if keep is not None:
-            a_t = xp.where(keep, a_t, xp.ones_like(a_t))
-        loss = loss * a_t
-    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=logits.dtype,
-                         normalizer=validate.normalizer(normalizer, red, be, logits, cdt))
-
-
-def _sigmoid_loss(be, z, y, pw, keep, s, gamma):
-    """The plain composition of the per-entry loss."""
-    xp = be.xp
-    if keep is not None:
-        z = xp.where(keep, z, xp.zeros_like(z))
-        y = xp.where(keep, y, xp.zeros_like(y))
-    if s != 0.0:
-        y = (1.0 - s) * y + 0.5 * s
-    pos = y if pw is None else pw * y
-    loss = _safe_product(be, pos, be.softplus(-z)) + _safe_product(be, 1.0 - y, be.softplus(z))
-    if gamma != 0.0:
-        # 1 - p_t = y' (1 - σ(z)) + (1 - y') σ(z), with 1 - σ(z) = σ(-z) exactly
-        loss = loss * be.pow(y * be.sigmoid(-z) + (1.0 - y) * be.sigmoid(z), gamma)
-    return loss
+    call = Call(be, logits, y, shape[-1] if shape else 1, cdt, logits.dtype, red, s, gamma,
+                pw=pw, alpha=alpha, sw=sw, keep=reduce.keep_mask(be, sw, None),
+                normalizer=validate.normalizer(normalizer, red, be, logits, cdt),
+                grad_z=be.needs_grad(logits), grad_labels=be.needs_grad(y))
+    return reduce.finish(call, kernels.run("sigmoid", call))
 
 
 @hinted

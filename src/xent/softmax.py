@@ -9,6 +9,7 @@ from ._core import reduce
 from ._core import validate
 from ._core import weights
 from ._core.backend import Backend
+from ._core.record import Call
 from ._kernels import table as kernels
 
 __all__ = ["softmax_cross_entropy", "sparse_softmax_cross_entropy"]
@@ -32,33 +33,6 @@ def _prepare(be: Backend, logits: Any, axis: int, sample_weight: Any, valid: Any
     # plain composition converts to ``cdt`` itself
     cdt = be.compute_dtype(logits.dtype)
     return ax, z, cdt
-
-
-def _masked_logp(be: Backend, logp: Any, weight: Any) -> Any:
-    """``logp`` with -inf replaced by 0 where its weight is 0 (masked classes).
-
-    ``0 * log p`` is then 0 instead of NaN, in the value and every gradient.
-    """
-    xp = be.xp
-    bad = (weight == 0) & xp.isinf(logp)
-    return xp.where(bad, xp.zeros_like(logp), logp)
-
-
-def _log_normalizer(be: Backend, z: Any):
-    """``(z - m, logsumexp(z - m), m)`` along the last axis, ``m`` the row maximum.
-
-    ``log p = (z - m) - logsumexp(z - m)``: the shift ``z - m`` is exact and the
-    log-sum is at most ``log C``, so no rounding of a huge ``logsumexp(z)``
-    reaches ``log p`` (float32 logits near -1e4 keep float32 precision; the
-    unshifted ``z - logsumexp(z)`` loses three digits there). ``m`` is a
-    constant for autodiff (the loss does not depend on it); a non-finite row
-    maximum is replaced by 0.
-    """
-    xp = be.xp
-    m = xp.max(z, axis=-1, keepdims=True)
-    m = be.stop_gradient(xp.where(xp.isfinite(m), m, xp.zeros_like(m)))
-    zs = z - m
-    return zs, be.logsumexp_shifted(zs, axis=-1), m
 
 
 @hinted
@@ -166,50 +140,23 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     if not label_gradient:
         y = be.stop_gradient(y)
     nz = validate.normalizer(normalizer, red, be, logits, cdt)
-    return _dense_from_z(be, z, y, ax, shape, cdt, logits.dtype, class_weight, s, gamma, zl,
-                         sample_weight, red, logits, nz)
-
-
-def _dense_from_z(be, z, y, ax, shape, cdt, out_dtype, class_weight, s, gamma, zl,
-                  sample_weight, red, like, nz=None):
-    xp = be.xp
     C = shape[ax]
-    elem_shape = validate.shape_of(z)[:-1]
-    sw = reduce.sample_weights(be, sample_weight, like, elem_shape, cdt)
-    cw = weights.class_weight(be, class_weight, like, C, cdt)
+    sw = reduce.sample_weights(be, sample_weight, logits, validate.shape_of(z)[:-1], cdt)
+    cw = weights.class_weight(be, class_weight, logits, C, cdt)
     keep = reduce.keep_mask(be, sw, None)
-    loss = kernels.dense_loss(be, z, y, cw, keep, s, gamma, zl)
-    if loss is None:
-        loss = _dense_loss(be, be.astype(z, cdt), y, cw, keep, s, gamma, zl)
     norm = None
     if cw is not None:
         # n_i = sw_i * sum_c cw_c y_ic, with the labels of zero-weight rows masked
         # out first (NaN padding there must not reach the denominator)
+        xp = be.xp
         yn = y if keep is None else xp.where(keep[..., None], y, xp.zeros_like(y))
         norm = xp.sum(yn * cw, axis=-1)
         if sw is not None:
             norm = norm * sw
-    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, out_dtype=out_dtype,
-                    normalizer=nz)
-
-
-def _dense_loss(be, z, y, cw, keep, s, gamma, zl):
-    """The plain composition of the per-element loss (probability labels)."""
-    xp = be.xp
-    C = validate.shape_of(z)[-1]
-    if keep is not None:
-        z = xp.where(keep[..., None], z, xp.zeros_like(z))
-        y = xp.where(keep[..., None], y, xp.zeros_like(y))
-    zs, lse_s, m = _log_normalizer(be, z)
-    logp = zs - lse_s
-    ys = y if s == 0.0 else (1.0 - s) * y + s / C
-    w = ys if cw is None else ys * cw
-    if gamma != 0.0:
-        w = w * be.pow(-xp.expm1(logp), gamma)
-    loss = xp.sum(w * -_masked_logp(be, logp, w), axis=-1)  # +0.0, not -0.0, for empty rows
-    if zl != 0.0:
-        loss = loss + zl * (lse_s + m)[..., 0] ** 2
-    return loss
+    call = Call(be, z, y, C, cdt, logits.dtype, red, s, gamma, zl, cw=cw, sw=sw, keep=keep,
+                norm=norm, normalizer=nz, grad_z=be.needs_grad(logits),
+                grad_labels=label_gradient and be.needs_grad(y))
+    return reduce.finish(call, kernels.run("dense", call))
 
 
 @hinted
@@ -282,53 +229,15 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                      "probability labels go to softmax_cross_entropy")
     validate.class_indices(be, t, C, ignore)
     nz = validate.normalizer(normalizer, red, be, logits, cdt)
-    return _sparse_from_z(be, z, t, C, cdt, logits.dtype, class_weight, s, gamma, zl,
-                          ignore, sample_weight, red, logits, nz)
-
-
-def _sparse_from_z(be, z, t, C, cdt, out_dtype, class_weight, s, gamma, zl, ignore,
-                   sample_weight, red, like, nz=None):
-    xp = be.xp
-    elem_shape = validate.shape_of(t)
-    t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, like, elem_shape, cdt)
-    cw = weights.class_weight(be, class_weight, like, C, cdt)
+    t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, logits, elem_shape, cdt)
+    cw = weights.class_weight(be, class_weight, logits, C, cdt)
     keep = reduce.keep_mask(be, sw, valid)
     t = be.astype(t, be.index_dtype)
-    w_t = None if cw is None else be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0)
-    if w_t is not None:
-        w_t = xp.reshape(w_t, elem_shape)
-    loss = kernels.sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl)
-    if loss is None:
-        loss = _sparse_loss(be, be.astype(z, cdt), t, w_t, cw, keep, s, gamma, zl)
-    norm = None
-    if w_t is not None:
+    w_t = norm = None
+    if cw is not None:
+        xp = be.xp
+        w_t = xp.reshape(be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0), elem_shape)
         norm = w_t if sw is None else w_t * sw
-    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, norm=norm, valid=valid,
-                    out_dtype=out_dtype, normalizer=nz)
-
-
-def _sparse_loss(be, z, t, w_t, cw, keep, s, gamma, zl):
-    """The plain composition of the per-element loss (integer labels)."""
-    xp = be.xp
-    C = validate.shape_of(z)[-1]
-    if keep is not None:
-        z = xp.where(keep[..., None], z, xp.zeros_like(z))
-    zs, lse_s, m = _log_normalizer(be, z)
-    # gather from z, not zs: the same numbers ((z_t - m) - lse_s), but XLA then
-    # need not write the shifted logits to memory for the gather
-    logp_t = ((be.take_along_axis(z, t[..., None], axis=-1) - m) - lse_s)[..., 0]
-    nll = -logp_t
-    if gamma != 0.0:
-        nll = nll * be.pow(-xp.expm1(logp_t), gamma)
-    if w_t is not None:
-        nll = nll * w_t
-    loss = nll if s == 0.0 else (1.0 - s) * nll
-    if s != 0.0:
-        logp = zs - lse_s
-        wc = xp.ones_like(logp) if cw is None else xp.broadcast_to(cw, validate.shape_of(logp))
-        if gamma != 0.0:
-            wc = wc * be.pow(-xp.expm1(logp), gamma)
-        loss = loss - (s / C) * xp.sum(wc * _masked_logp(be, logp, wc), axis=-1)
-    if zl != 0.0:
-        loss = loss + zl * (lse_s + m)[..., 0] ** 2
-    return loss
+    call = Call(be, z, t, C, cdt, logits.dtype, red, s, gamma, zl, cw=cw, w_t=w_t, sw=sw,
+                valid=valid, keep=keep, norm=norm, normalizer=nz, grad_z=be.needs_grad(logits))
+    return reduce.finish(call, kernels.run("sparse", call))

@@ -107,6 +107,11 @@ class Backend:
     """The array library of one call, with the primitives the losses need."""
 
     name: str = "numpy"
+    #: how ``xent.parallel`` reaches the other ranks: ``"group"`` (a
+    #: torch.distributed process group, eager collectives), ``"axis_name"``
+    #: (a mesh axis inside ``jax.shard_map``), or None (no vocabulary parallelism)
+    collective: str | None = None
+    _compute_dtypes: dict | None = None
 
     def __init__(self) -> None:
         import array_api_compat.numpy as xp
@@ -121,10 +126,17 @@ class Backend:
         return np.dtype(x.dtype).kind == "f" or self.dtype_name(x.dtype) == "bfloat16"
 
     def compute_dtype(self, dtype: Any) -> Any:
-        """float16 / bfloat16 are computed in float32; others as they are."""
-        if self.dtype_name(dtype) in _LOW_PRECISION:
-            return self.float32
-        return dtype
+        """float16 / bfloat16 are computed in float32; others as they are.
+
+        The one place this rule is written; decided once per dtype.
+        """
+        if self._compute_dtypes is None:
+            self._compute_dtypes = {}
+        cdt = self._compute_dtypes.get(dtype)
+        if cdt is None:
+            cdt = self.float32 if self.dtype_name(dtype) in _LOW_PRECISION else dtype
+            self._compute_dtypes[dtype] = cdt
+        return cdt
 
     @property
     def float32(self) -> Any:
@@ -167,6 +179,25 @@ class Backend:
         """The values of ``x`` as a NumPy array (eager only: ``is_concrete(x)``)."""
         return to_numpy(x)
 
+    # -- value checks (``xent.value_checks``, :mod:`xent._core.checks`) ------
+    def on_host(self, x: Any) -> bool:
+        """Whether ``x``'s values are in host memory (reading them stalls nothing)."""
+        return True
+
+    def tracing(self, x: Any) -> bool:
+        """Whether ``x`` is being traced (``jax.jit``, ``torch.compile``, ``tf.function``)."""
+        return not self.is_concrete(x)
+
+    def async_mode(self, tracing: bool) -> str:
+        """What the "async" value-check mode becomes: "async", "raise" or "off".
+
+        NumPy has no device to queue an assertion on: it raises.
+        """
+        return "raise"
+
+    def assert_async(self, ok: Any, message: str) -> None:
+        """Queue a device-side assertion that the boolean scalar ``ok`` holds (torch only)."""
+
     def any(self, mask: Any) -> bool:
         """``bool(mask.any())`` (eager only)."""
         return bool(np.any(self.host(mask)))
@@ -196,6 +227,54 @@ class Backend:
         this with the direct ``log(sum(exp(x)))``, which XLA fuses into one pass.
         """
         return self.logsumexp(x, axis=axis, keepdims=True)
+
+    def log_normalizer(self, z: Any) -> tuple[Any, Any, Any]:
+        """``(z - m, logsumexp(z - m), m)`` along the last axis, ``m`` the row maximum.
+
+        ``log p = (z - m) - logsumexp(z - m)``: the shift ``z - m`` is exact and
+        the log-sum is at most ``log C``, so no rounding of a huge
+        ``logsumexp(z)`` reaches ``log p`` (float32 logits near -1e4 keep
+        float32 precision; the unshifted ``z - logsumexp(z)`` loses three
+        digits there). ``m`` is a constant for autodiff (the loss does not
+        depend on it); a non-finite row maximum is replaced by 0.
+        """
+        xp = self.xp
+        m = xp.max(z, axis=-1, keepdims=True)
+        m = self.stop_gradient(xp.where(xp.isfinite(m), m, xp.zeros_like(m)))
+        zs = z - m
+        return zs, self.logsumexp_shifted(zs, axis=-1), m
+
+    def label_log_prob(self, z: Any, t: Any, normalizer: Any = None) -> Any:
+        """``log softmax(z)[..., t]`` (``[...]``) for integer labels ``t`` (``be.index_dtype``).
+
+        ``normalizer``: ``log_normalizer(z)`` when the caller already has it.
+        Gathered from ``z``, not ``z - m``: the same numbers, but XLA then need
+        not write the shifted logits to memory for the gather.
+        """
+        zs, lse_s, m = self.log_normalizer(z) if normalizer is None else normalizer
+        return ((self.take_along_axis(z, t[..., None], axis=-1) - m) - lse_s)[..., 0]
+
+    def label_nll(self, z: Any, t: Any) -> Any:
+        """``-log softmax(z)[..., t]``: the negative log-likelihood of integer labels."""
+        return -self.label_log_prob(z, t)
+
+    def matmul_t(self, x: Any, w: Any) -> Any:
+        """``x @ w^T`` for ``[N, D]`` and ``[V, D]`` matrices."""
+        return x @ w.T
+
+    def needs_grad(self, x: Any) -> bool:
+        """Whether a gradient may flow to ``x`` (True where the library cannot tell)."""
+        return False
+
+    def value_range(self, x: Any) -> tuple[Any, Any]:
+        """``(min, max)`` of an integer array as host numbers (eager, non-empty only)."""
+        with self.eager_scope():
+            c = self.concrete(x)
+            return self.host(self.xp.min(c)).item(), self.host(self.xp.max(c)).item()
+
+    def all_sum(self, x: Any, over: Any) -> Any:
+        """``x`` summed over the ranks of ``over`` (a group or mesh axis; None: ``x`` itself)."""
+        return x
 
     def softplus(self, x: Any) -> Any:
         """``log(1 + exp(x))`` without overflow."""
@@ -305,6 +384,7 @@ class Backend:
 
 class TorchBackend(Backend):
     name = "torch"
+    collective = "group"
 
     def __init__(self) -> None:
         import array_api_compat.torch as xp
@@ -338,6 +418,27 @@ class TorchBackend(Backend):
     def any(self, mask: Any) -> bool:
         return bool(mask.any())  # one element crosses to the host, not the mask
 
+    def on_host(self, x: Any) -> bool:
+        return x.device.type == "cpu"
+
+    def _compiling(self) -> bool:
+        compiler = getattr(self.torch, "compiler", None)
+        return bool(compiler is not None and compiler.is_compiling())
+
+    def _func_transform(self) -> bool:
+        functorch = getattr(self.torch._C, "_are_functorch_transforms_active", None)
+        return bool(functorch is not None and functorch())
+
+    def tracing(self, x: Any) -> bool:
+        return self._compiling() or self._func_transform()
+
+    def async_mode(self, tracing: bool) -> str:
+        # torch.func transforms: no data-dependent assertion there
+        return "off" if tracing and not self._compiling() else "async"
+
+    def assert_async(self, ok: Any, message: str) -> None:
+        self.torch._assert_async(ok, message)
+
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
 
@@ -346,6 +447,33 @@ class TorchBackend(Backend):
 
     def log_softmax(self, x: Any, axis: int = -1) -> Any:
         return self.torch.log_softmax(x, dim=axis)
+
+    def label_nll(self, z: Any, t: Any) -> Any:
+        # two fused operators forward and backward (log_softmax, nll_loss), the
+        # same shifted formula; t holds no ignored entries (they are 0 by now)
+        C = z.shape[-1]
+        logp = self.torch.log_softmax(z.reshape(-1, C) if z.dim() != 2 else z, dim=-1)
+        nll = self.torch.nn.functional.nll_loss(logp, t.reshape(-1), reduction="none")
+        return nll if z.dim() == 2 else nll.reshape(t.shape)
+
+    def matmul_t(self, x: Any, w: Any) -> Any:
+        return x @ w.mT
+
+    def needs_grad(self, x: Any) -> bool:
+        return bool(x.requires_grad) and self.torch.is_grad_enabled()
+
+    def value_range(self, x: Any) -> tuple[Any, Any]:
+        lo, hi = self.torch.aminmax(x)  # one pass; two scalars cross to the host
+        return lo.item(), hi.item()
+
+    def all_sum(self, x: Any, over: Any) -> Any:
+        if over is None:
+            return x
+        import torch.distributed as dist
+
+        x = x.clone()  # never the caller's tensor
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=over)
+        return x
 
     def softplus(self, x: Any) -> Any:
         # Above the threshold softplus(x) == x to within exp(-40) relative.
@@ -403,6 +531,7 @@ class TorchBackend(Backend):
 
 class JaxBackend(Backend):
     name = "jax"
+    collective = "axis_name"
 
     def __init__(self) -> None:
         import jax
@@ -460,6 +589,15 @@ class JaxBackend(Backend):
     def host(self, x: Any) -> np.ndarray:
         return to_numpy(self._concrete(x))
 
+    def on_host(self, x: Any) -> bool:
+        try:
+            return all(d.platform == "cpu" for d in x.devices())
+        except Exception:  # a tracer: no devices to ask
+            return True
+
+    def async_mode(self, tracing: bool) -> str:
+        return "off"  # no device-side assertion in JAX: the check is skipped
+
     def stop_gradient(self, x: Any) -> Any:
         return self.jax.lax.stop_gradient(x)
 
@@ -473,6 +611,12 @@ class JaxBackend(Backend):
         # x <= 0 (or a row of -inf): exp cannot overflow, and one fused
         # exp-sum pass replaces jax.nn.logsumexp's second max and selects
         return self.jnp.log(self.jnp.sum(self.jnp.exp(x), axis=axis, keepdims=True))
+
+    def needs_grad(self, x: Any) -> bool:
+        return True  # a tracer of jax.grad looks like any other array
+
+    def all_sum(self, x: Any, over: Any) -> Any:
+        return x if over is None else self.jax.lax.psum(x, over)
 
     def softplus(self, x: Any) -> Any:
         return self.jnp.logaddexp(x, 0.0)
@@ -583,6 +727,13 @@ class TFBackend(Backend):
     def host(self, x: Any) -> np.ndarray:
         return to_numpy(x)
 
+    def on_host(self, x: Any) -> bool:
+        device = str(getattr(x, "device", "") or "")
+        return "GPU" not in device and "TPU" not in device
+
+    def async_mode(self, tracing: bool) -> str:
+        return "async"  # an in-graph assertion (``assert_in_graph``)
+
     def any(self, mask: Any) -> bool:
         return bool(self.tf.reduce_any(mask))
 
@@ -599,6 +750,12 @@ class TFBackend(Backend):
         # x <= 0 (or a row of -inf): exp cannot overflow; one exp-sum pass
         tf = self.tf
         return tf.math.log(tf.reduce_sum(tf.exp(x), axis=axis, keepdims=True))
+
+    def matmul_t(self, x: Any, w: Any) -> Any:
+        return self.tf.linalg.matmul(x, w, transpose_b=True)
+
+    def needs_grad(self, x: Any) -> bool:
+        return True  # a GradientTape may watch any tensor
 
     def softplus(self, x: Any) -> Any:
         return self.tf.nn.softplus(x)
@@ -688,6 +845,7 @@ class TFBackend(Backend):
 
 _BACKENDS: dict[str, Backend] = {}
 _COMPILED: dict[Any, Any] = {}  # JaxBackend.compiled
+_BY_TYPE: dict[type, Backend] = {}
 _CLASSES = {"numpy": Backend, "torch": TorchBackend, "jax": JaxBackend,
             "tensorflow": TFBackend}
 
@@ -705,7 +863,13 @@ def backend_of(x: Any, name: str = "logits") -> tuple[Backend, Any]:
     Python lists and scalars become NumPy arrays. Anything else that is not a
     NumPy, torch or JAX array is a ``TypeError`` naming ``name``.
     """
+    be = _BY_TYPE.get(type(x))
+    if be is not None:  # an array type seen before: no isinstance chain
+        return be, x
     lib = library_of(x)
+    if lib is not None:
+        be = _BY_TYPE[type(x)] = get_backend(lib)
+        return be, x
     if lib is None:
         if isinstance(x, (list, tuple, int, float, bool)):
             try:

@@ -90,60 +90,25 @@ class value_checks:
         return _MODE
 
 
-def _torch_compiling() -> bool:
-    import torch
-
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
-
-
-def _on_host(name: str, x: Any) -> bool:
-    if name == "numpy":
-        return True
-    if name == "torch":
-        return x.device.type == "cpu"
-    if name == "jax":
-        try:
-            return all(d.platform == "cpu" for d in x.devices())
-        except Exception:  # a tracer: no devices to ask
-            return True
-    device = getattr(x, "device", "") or ""
-    return "GPU" not in str(device) and "TPU" not in str(device)
-
-
-def _tracing(name: str, be: Any, x: Any) -> bool:
-    if name == "torch":
-        if _torch_compiling():
-            return True
-        import torch
-
-        functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
-        return bool(functorch is not None and functorch())
-    return not be.is_concrete(x)
-
-
 def mode_for(be: Any, x: Any) -> str:
     """The effective mode for a check on ``x`` (of backend ``be``): "raise", "async" or "off".
 
-    Never reads a value. For JAX, "async" means skip; under tracing "raise"
-    becomes "async" (torch, TensorFlow: an in-graph assertion) or "off" (JAX).
+    Never reads a value. Under tracing "raise" becomes "async"; what "async"
+    means is the backend's (``Backend.async_mode``): a device-side or
+    in-graph assertion (torch, TensorFlow), "raise" where there is no device
+    (NumPy), "off" where nothing can assert (JAX, ``torch.func`` transforms).
     """
-    name = be.name
     mode = _MODE
     if mode == "off":
         return "off"
     if mode is None:
-        mode = "raise" if _on_host(name, x) else "async"
-    if mode == "raise" and _tracing(name, be, x):
+        mode = "raise" if be.on_host(x) else "async"
+    tracing = be.tracing(x)
+    if mode == "raise" and tracing:
         mode = "async"
-    if mode == "async" and name in ("jax", "numpy"):
-        return "off" if name == "jax" else "raise"
-    if mode == "async" and name == "torch" and _tracing(name, be, x) and not _torch_compiling():
-        return "off"  # torch.func transforms: no data-dependent assertion there
-    return mode
+    return be.async_mode(tracing) if mode == "async" else mode
 
 
 def assert_async(be: Any, ok: Any, message: str) -> None:
-    """Queue a device-side assertion that the boolean scalar ``ok`` holds (torch)."""
-    if be.name == "torch":
-        be.torch._assert_async(ok, message)
+    """Queue a device-side assertion that the boolean scalar ``ok`` holds (where the backend can)."""
+    be.assert_async(ok, message)

@@ -84,6 +84,11 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
     weighted = loss if sample_weight is None else loss * sample_weight
     if reduction == "none":
         out = weighted
+    elif (normalizer is None and sample_weight is None and norm is None and valid is None
+          and reduction in ("mean", "sum_over_batch_size", "sum_by_nonzero_weights")
+          and math.prod(validate.shape_of(loss)) > 0):
+        # every element counts 1: the plain mean, one operator (and one backward node)
+        out = xp.mean(weighted)
     else:
         total = xp.sum(weighted)
         if normalizer is not None:
@@ -118,6 +123,12 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
     if out_dtype is not None:
         out = be.astype(out, out_dtype)
     return out
+
+
+def finish(call: Any, loss: Any) -> Any:
+    """Reduce the per-element ``loss`` of a validated call (``xent._core.record``) as it says."""
+    return reduce(call.be, loss, reduction=call.reduction, sample_weight=call.sw, norm=call.norm,
+                  valid=call.valid, out_dtype=call.out_dtype, normalizer=call.normalizer)
 
 
 def ignore_and_weight(be: Backend, labels: Any, ignore_index: Any, sample_weight: Any,

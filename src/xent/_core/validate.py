@@ -23,7 +23,10 @@ REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weig
 
 
 def shape_of(x: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in x.shape)
+    shape = x.shape
+    if type(shape) is tuple:  # NumPy, JAX: already Python ints
+        return shape
+    return tuple(int(d) for d in shape)
 
 
 def float_array(x: Any, name: str = "logits") -> tuple[Backend, Any]:
@@ -69,6 +72,9 @@ def convert(be: Backend, x: Any, like: Any, name: str, ref_name: str = "logits",
 def scalar(value: Any, name: str, *, low: float = -math.inf, high: float = math.inf,
            low_open: bool = False, high_open: bool = False) -> float:
     """A Python float in the given range, or a clear error."""
+    if type(value) is float and (low < value or (value == low and not low_open)) and (
+            value < high or (value == high and not high_open)):
+        return value  # the common case, checked cheaply (NaN fails both tests)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if library_of(value) is not None and getattr(value, "ndim", 1) == 0:
             try:
@@ -143,6 +149,8 @@ def normalizer(value: Any, reduction: str, be: Backend, like: Any, dtype: Any) -
 
 
 def axis(value: Any, ndim: int, name: str = "axis") -> int:
+    if type(value) is int and -ndim <= value < ndim:  # the common case, checked cheaply
+        return value % ndim
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {describe(value)}")
     if ndim == 0:
@@ -267,6 +275,9 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
                             f"xent: {name} must be class indices in [0, {num_classes}){extra}")
         return
     if not eager(be, labels):
+        return
+    lo, hi = be.value_range(labels)  # one pass; the mask only to name a bad position
+    if lo >= 0 and hi < num_classes:
         return
     with be.eager_scope():
         labels = be.concrete(labels)

@@ -14,15 +14,15 @@ the other gradients come from JAX's autodiff (``pos_weight`` included).
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
-
-def _compute(z):
-    return z.astype(jnp.float32) if z.dtype in (jnp.float16, jnp.bfloat16) else z
+from .rows import safe_product
 
 
-def sparse_loss(z, t, w_t, cw, keep, s, zl):
+def sparse_loss(call):
     return None
 
 
@@ -96,7 +96,7 @@ def _soft_bwd(res, gs):
 _soft_rows.defvjp(_soft_fwd, _soft_bwd)
 
 
-def dense_loss(z, y, cw, keep, s, zl):
+def dense_loss(call):
     """Probability labels: ``sum_c w_c (lse - z_c)`` with ``w = ((1 - s) y + s / C) cw``.
 
     ``_soft_rows`` gives the value with optax's passes (fused max-and-shift,
@@ -106,7 +106,9 @@ def dense_loss(z, y, cw, keep, s, zl):
     XLA from fusing, which cost the forward pass two extra passes and twice
     optax's time. ``z_loss`` adds ``zl * lse**2``.
     """
-    z = _compute(z)
+    if call.gamma != 0.0:
+        return None
+    z, y, cw, keep, s, zl = call.z.astype(call.cdt), call.labels, call.cw, call.keep, call.s, call.zl
     y = y.astype(z.dtype)
     C = z.shape[-1]
     if keep is not None:
@@ -140,14 +142,13 @@ def _softplus_pair_jvp(primals, tangents):
     return out, (sig * dz, -sig_neg * dz)
 
 
-def _safe(w, v):
-    return w * jnp.where((w == 0) & jnp.isinf(v), 0.0, v)
+_safe = partial(safe_product, jnp)
 
 
-def sigmoid_loss(z, y, pw, keep, s):
-    if y.shape != z.shape:
+def sigmoid_loss(call):
+    z, y, pw, keep, s = call.z.astype(call.cdt), call.labels, call.pw, call.keep, call.s
+    if call.gamma != 0.0 or call.alpha is not None or y.shape != z.shape:
         return None
-    z = _compute(z)
     if keep is not None:
         z = jnp.where(keep, z, 0.0)
         y = jnp.where(keep, y, 0.0)

@@ -11,6 +11,8 @@ Falls back (returns None) for logits that are not C-contiguous or are empty.
 
 from __future__ import annotations
 
+from functools import partial
+
 import os
 
 import numpy as np
@@ -25,10 +27,6 @@ def _n_threads(size: int) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _compute_dtype(dtype) -> np.dtype:
-    return np.dtype(np.float32) if np.dtype(dtype).itemsize < 4 else np.dtype(dtype)
 
 
 def _usable(z) -> bool:
@@ -93,15 +91,16 @@ def _finish(w, m, a_sum, a_dot, zl, out):
     out[...] = chunks.row_loss(log_s, m + log_s, a_sum, a_dot, zl)
 
 
-def sparse_loss(z, t, w_t, cw, keep, s, zl):
-    if not _usable(z):
+def sparse_loss(call):
+    z, t, w_t, cw, keep, s, zl = call.z, call.labels, call.w_t, call.cw, call.keep, call.s, call.zl
+    cd = np.dtype(call.cdt)
+    if call.gamma != 0.0 or not _usable(z):
         return None
     C = z.shape[-1]
     z2 = z.reshape(-1, C)
     t1 = np.asarray(t).reshape(-1)
     wt1 = None if w_t is None else np.asarray(w_t).reshape(-1)
     k1 = None if keep is None else np.asarray(keep).reshape(-1)
-    cd = _compute_dtype(z.dtype)
     loss = np.empty(z2.shape[0], dtype=cd)
     w_total = C if cw is None else cw.sum()
     sc = s / C
@@ -125,14 +124,15 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
     return loss.reshape(z.shape[:-1])
 
 
-def dense_loss(z, y, cw, keep, s, zl):
-    if not _usable(z) or y.shape != z.shape:
+def dense_loss(call):
+    z, y, cw, keep, s, zl, cd = call.z, call.labels, call.cw, call.keep, call.s, call.zl, call.cdt
+    cd = np.dtype(cd)
+    if call.gamma != 0.0 or not _usable(z) or y.shape != z.shape:
         return None
     C = z.shape[-1]
     z2 = z.reshape(-1, C)
     y2 = np.asarray(y).reshape(-1, C)
     k1 = None if keep is None else np.asarray(keep).reshape(-1)
-    cd = _compute_dtype(z.dtype)
     loss = np.empty(z2.shape[0], dtype=cd)
     sc = s / C
 
@@ -155,12 +155,12 @@ def dense_loss(z, y, cw, keep, s, zl):
     return loss.reshape(z.shape[:-1])
 
 
-def _safe_product(w, v):
-    return w * np.where((w == 0) & np.isinf(v), 0, v)
+_safe_product = partial(chunks.safe_product, np)
 
 
-def sigmoid_loss(z, y, pw, keep, s):
-    if not _usable(z) or y.shape != z.shape:
+def sigmoid_loss(call):
+    z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, np.dtype(call.cdt)
+    if call.gamma != 0.0 or call.alpha is not None or not _usable(z) or y.shape != z.shape:
         return None
     C = z.shape[-1] if z.ndim >= 2 else 1
     if pw is not None and np.size(pw) != 1:
@@ -169,7 +169,6 @@ def sigmoid_loss(z, y, pw, keep, s):
         pw = np.reshape(pw, (C,))
     z2, y2 = z.reshape(-1, C), np.asarray(y).reshape(-1, C)
     k2 = None if keep is None else np.asarray(keep).reshape(-1, C)
-    cd = _compute_dtype(z.dtype)
     loss = np.empty(z2.shape, dtype=cd)
 
     def chunk(r0, r1, bufs):

@@ -23,6 +23,8 @@ probability labels, ``pos_weight``).
 
 from __future__ import annotations
 
+from functools import partial
+
 import threading
 from contextlib import contextmanager
 
@@ -57,10 +59,6 @@ def _threads(z: torch.Tensor):
 def _chunk_rows(z2: torch.Tensor) -> int:
     nbytes = chunks.CHUNK_BYTES if z2.device.type == "cpu" else _GPU_CHUNK_BYTES
     return chunks.rows_per_chunk(z2.shape[1], 4, nbytes)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 #: Below this many logits the fused path is not taken: the plain composition
@@ -281,8 +279,10 @@ def _col(x, r0, r1):
     return x if isinstance(x, float) else x[r0:r1, None]
 
 
-def sparse_loss(z, t, w_t, cw, keep, s, zl):
-    if not _usable(z, cw, w_t):
+def sparse_loss(call):
+    z, t, w_t, cw, keep, s, zl, cd = (call.z, call.labels, call.w_t, call.cw, call.keep, call.s,
+                                      call.zl, call.cdt)
+    if call.gamma != 0.0 or not _usable(z, cw, w_t):
         return None
     C = z.shape[-1]
     z2 = z.reshape(-1, C)
@@ -290,7 +290,6 @@ def sparse_loss(z, t, w_t, cw, keep, s, zl):
     t2 = t.reshape(-1, 1)
     wt1 = None if w_t is None else w_t.reshape(-1)
     k1 = None if keep is None else keep.reshape(-1)
-    cd = _compute_dtype(z.dtype)
     w_total = C if cw is None else cw.sum()
     sc = s / C
     smooth_w = None if s == 0.0 else (sc if cw is None else sc * cw)
@@ -364,9 +363,7 @@ def _plain_rows(z, a, keep, zl):
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     zs = z - m
     lse_s = torch.logsumexp(zs, 1, keepdim=True)
-    logp = zs - lse_s
-    logp = torch.where((a == 0) & torch.isinf(logp), torch.zeros_like(logp), logp)
-    loss = -(a * logp).sum(1)
+    loss = -_safe_product(a, zs - lse_s).sum(1)
     if zl != 0.0:
         loss = loss + zl * (lse_s + m)[:, 0] ** 2
     return loss
@@ -396,15 +393,15 @@ def _run_chunks(z2, cd, grad, chunk):
         chunks.run_blocks(N, n, work)
 
 
-def dense_loss(z, y, cw, keep, s, zl):
-    if not _usable(z, cw, y) or y.shape != z.shape:
+def dense_loss(call):
+    z, y, cw, keep, s, zl, cd = call.z, call.labels, call.cw, call.keep, call.s, call.zl, call.cdt
+    if call.gamma != 0.0 or not _usable(z, cw, y) or y.shape != z.shape:
         return None
     C = z.shape[-1]
     z2 = z.reshape(-1, C)
     N = z2.shape[0]
     y2 = y.reshape(-1, C)
     k1 = None if keep is None else keep.reshape(-1)
-    cd = _compute_dtype(z.dtype)
     sc = s / C
 
     def kernel(z2, need_grad):
@@ -458,12 +455,12 @@ def dense_loss(z, y, cw, keep, s, zl):
     return _apply(z2, kernel, plain).reshape(z.shape[:-1])
 
 
-def _safe_product(w, v):
-    return w * torch.where((w == 0) & torch.isinf(v), torch.zeros_like(v), v)
+_safe_product = partial(chunks.safe_product, torch)
 
 
-def sigmoid_loss(z, y, pw, keep, s):
-    if not _usable(z, y, pw) or y.shape != z.shape:
+def sigmoid_loss(call):
+    z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, call.cdt
+    if call.gamma != 0.0 or call.alpha is not None or not _usable(z, y, pw) or y.shape != z.shape:
         return None
     C = z.shape[-1] if z.dim() >= 2 else 1
     if pw is not None and pw.numel() != 1:
@@ -472,7 +469,6 @@ def sigmoid_loss(z, y, pw, keep, s):
         pw = pw.reshape(C)
     z2, y2 = z.reshape(-1, C), y.reshape(-1, C)
     k2 = None if keep is None else keep.reshape(-1, C)
-    cd = _compute_dtype(z.dtype)
 
     def kernel(z2, need_grad):
         N = z2.shape[0]

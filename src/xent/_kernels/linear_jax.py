@@ -29,12 +29,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .._core.backend import get_backend
 from .linear_rows import (Opts, chunk_start, even_blocks, grad_scale, label_logit, num_chunks,
                           online_init, online_update, row_loss, softcap)
 
 
-def _cdt(dtype: Any) -> Any:
-    return jnp.float32 if dtype in (jnp.float16, jnp.bfloat16) else dtype
+#: float16 / bfloat16 compute in float32 (the one rule, ``Backend.compute_dtype``)
+_cdt = get_backend("jax").compute_dtype
 
 
 def _chunk(x: Any, W: Any, b: Any, cw: Any, k: Any, o: Opts, cdt: Any):
@@ -252,14 +253,15 @@ def _kernel(o: Opts):
     return jax.jit(f)  # compiled once per options and shapes, also when called eagerly
 
 
-def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts, *,
-         g_like: Any = None) -> Any:
-    """The per-row loss ``[N]``, differentiable for ``x``, ``W`` and ``b``.
+def rows(call: Any) -> Any:
+    """The per-row loss ``[N]`` of a ``LinearCall``, differentiable for ``x``, ``W`` and ``b``.
 
-    ``g_like``: as in the torch kernel, a promise that the cotangent is
+    ``call.g_like``: as in the torch kernel, a promise that the cotangent is
     ``c * g_like`` (``1.0`` or ``[N]`` sample weights); it allows the
     token-blocked layout (three products per step).
     """
+    x, W, b, t, w_t, cw = call.x, call.W, call.b, call.t, call.w_t, call.cw
+    o, g_like = call.opts, call.g_like
     bias = jnp.zeros((o.num_classes,), x.dtype) if b is None else b
     w_t = w_t if not isinstance(w_t, float) else None
     B = block_rows(x.shape[0], x.shape[1], o, x.dtype) if g_like is not None else 0

@@ -84,18 +84,20 @@ def online_init(xp: Any, n: int, dtype: Any) -> tuple:
     return m, zero, zero, xp.zeros((), dtype=dtype)
 
 
-def online_update(xp: Any, state: tuple, z: Any, colw: Any, o: Opts) -> tuple:
-    """Fold one chunk of logits ``z`` ``[N, c]`` into the row statistics.
+def online_update(xp: Any, state: tuple, z: Any, colw: Any, o: Opts,
+                  matvec: Any = None) -> tuple:
+    """Fold one chunk of logits ``z`` ``[N, c]`` into the row statistics (the online log-sum-exp).
 
     Masked columns hold ``-inf`` in ``z`` and 0 in ``colw`` (the chunk's class
-    weights; ones without class weights).
+    weights; ones without class weights). ``matvec(a, v)``: the library's
+    matrix-vector product where ``a @ v`` is not one (TensorFlow).
     """
     m, se, sm, seen = state
     m_new = xp.maximum(m, xp.max(z, axis=1))
     se = se * xp.exp(m - m_new) + xp.sum(xp.exp(z - m_new[:, None]), axis=1)
     if o.smoothing != 0.0:
         zr = xp.where(colw == 0, xp.zeros_like(z), z - m_new[:, None])
-        sm = sm - seen * (m_new - m) + zr @ colw
+        sm = sm - seen * (m_new - m) + (zr @ colw if matvec is None else matvec(zr, colw))
         seen = seen + xp.sum(colw)
     return m_new, se, sm, seen
 
@@ -143,8 +145,10 @@ def even_blocks(n: int, most: int, least: int) -> int:
     return max(least, -(-n // nb))
 
 
-def numpy_rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, cdt: Any, o: Opts) -> Any:
-    """NumPy kernel: the per-row loss, one vocabulary chunk at a time."""
+def numpy_rows(call: Any) -> Any:
+    """NumPy kernel: the per-row loss of a ``LinearCall``, one vocabulary chunk at a time."""
+    x, W, b, t, w_t, cw = call.x, call.W, call.b, call.t, call.w_t, call.cw
+    cdt, o = call.cdt, call.opts
     xp = np
     n = x.shape[0]
     state = online_init(xp, n, cdt)

@@ -21,13 +21,14 @@ from typing import Any
 
 import tensorflow as tf
 
+from .._core.backend import get_backend
 from .linear_rows import (Opts, chunk_start, grad_scale, label_logit, num_chunks, online_init,
-                          row_loss)
+                          online_update, row_loss)
 from .._core import tf_namespace as xp
 
 
-def _cdt(dtype: Any) -> Any:
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+#: float16 / bfloat16 compute in float32 (the one rule, ``Backend.compute_dtype``)
+_cdt = get_backend("tensorflow").compute_dtype
 
 
 def _chunk(x32, W, b, cw, k: int, o: Opts, cdt):
@@ -49,15 +50,7 @@ def _chunk(x32, W, b, cw, k: int, o: Opts, cdt):
 
 
 def _update(state, z, colw, o: Opts):
-    """``linear_rows.online_update`` with TF's matrix-vector product."""
-    m, se, sm, seen = state
-    m_new = tf.maximum(m, tf.reduce_max(z, axis=1))
-    se = se * tf.exp(m - m_new) + tf.reduce_sum(tf.exp(z - m_new[:, None]), axis=1)
-    if o.smoothing != 0.0:
-        zr = tf.where(colw[None, :] == 0, tf.zeros_like(z), z - m_new[:, None])
-        sm = sm - seen * (m_new - m) + tf.linalg.matvec(zr, colw)
-        seen = seen + tf.reduce_sum(colw)
-    return m_new, se, sm, seen
+    return online_update(xp, state, z, colw, o, matvec=tf.linalg.matvec)
 
 
 def _forward(x32, W, b, t, w_t, cw, o: Opts, cdt):
@@ -99,8 +92,12 @@ def _backward(x32, W, b, t, w_t, cw, lse, g, o: Opts, cdt):
     return dX, tf.concat(dW_parts, axis=0), tf.concat(db_parts, axis=0)
 
 
-def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts) -> Any:
-    """The per-row loss ``[N]``, differentiable (``tf.GradientTape``) for ``x``, ``W`` and ``b``."""
+def rows(call: Any) -> Any:
+    """The per-row loss ``[N]`` of a ``LinearCall``, differentiable (``tf.GradientTape``).
+
+    Gradients for ``x``, ``W`` and ``b``.
+    """
+    x, W, b, t, w_t, cw, o = call.x, call.W, call.b, call.t, call.w_t, call.cw, call.opts
     x = tf.convert_to_tensor(x)
     W = tf.convert_to_tensor(W)
     cdt = _cdt(x.dtype)

@@ -59,9 +59,12 @@ import array_api_compat.torch as xpt
 import numpy as np
 import torch
 
+from .._core.backend import get_backend
 from .linear_rows import Opts, even_blocks, grad_scale, label_logit, row_loss, softcap
 
 _LOW = (torch.float16, torch.bfloat16)
+#: float16 / bfloat16 compute in float32 (the one rule, ``Backend.compute_dtype``)
+_cdt = get_backend("torch").compute_dtype
 
 
 def _chunks(o: Opts) -> list[tuple[int, int]]:
@@ -89,7 +92,7 @@ def _forward(x, W, b, t, w_t, cw, o: Opts, keep: bool):
     """Pass 1: the per-row loss and ``lse``; with ``keep``, the last chunk's buffers."""
     n = x.shape[0]
     s = o.smoothing
-    cdt = torch.float32 if x.dtype in _LOW else x.dtype
+    cdt = _cdt(x.dtype)
     kw = dict(dtype=cdt, device=x.device)
     buf = torch.empty((n, min(o.chunk, o.num_classes)), **kw)
     th_buf = torch.empty_like(buf) if o.softcap is not None else None
@@ -174,7 +177,7 @@ def _backward(x, W, b, t, w_t, cw, lse, g, o: Opts, need, last):
 
 def _plain_rows(x, W, b, t, w_t, cw, o: Opts):
     """The per-row loss as a differentiable composition over the whole ``[N, V]`` logits."""
-    cdt = torch.float32 if x.dtype in _LOW else x.dtype
+    cdt = _cdt(x.dtype)
     z = x.to(cdt) @ W.to(cdt).T
     if b is not None:
         z = z + b.to(cdt)
@@ -339,16 +342,17 @@ class _LinearCE(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None)
 
 
-def rows(x: Any, W: Any, b: Any, t: Any, w_t: Any, cw: Any, o: Opts, *,
-         g_like: Any = None) -> Any:
-    """The per-row loss ``[N]``, differentiable for ``x``, ``W`` and ``b``.
+def rows(call: Any) -> Any:
+    """The per-row loss ``[N]`` of a ``LinearCall``, differentiable for ``x``, ``W`` and ``b``.
 
-    ``g_like`` (optional): a promise that the backward's per-row cotangent is
+    ``call.g_like`` (optional): a promise that the backward's per-row cotangent is
     ``c * g_like`` for one scalar ``c`` -- ``1.0`` (uniform rows) or an ``[N]``
     tensor (the sample weights), as every reduction but ``"none"`` gives. With
     it (or when only ``x`` needs a gradient) the token-blocked layout may form
     the gradients in the forward pass: three products per step, not four.
     """
+    x, W, b, t, w_t, cw = call.x, call.W, call.b, call.t, call.w_t, call.cw
+    o, g_like = call.opts, call.g_like
     w_t = w_t if isinstance(w_t, torch.Tensor) else None
     sw = g_like.detach() if isinstance(g_like, torch.Tensor) else None
     return _LinearCE.apply(x, W, b, t, w_t, cw, o, sw, g_like is not None)

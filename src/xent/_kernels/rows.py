@@ -63,3 +63,13 @@ def sparse_coefficients(w_t: Any, s: float, num_classes: int, w_total: Any) -> t
     """``A`` for integer labels, and the weight ``(1 - s) w_t`` of the label class."""
     on = (1.0 - s) if w_t is None else (1.0 - s) * w_t
     return on + (s / num_classes) * w_total if s != 0.0 else on, on
+
+
+def safe_product(xp: Any, w: Any, v: Any) -> Any:
+    """``w * v`` that is 0, in the value and every gradient, where ``w == 0`` and ``v`` is infinite.
+
+    The one ``0 * inf = 0`` guard of every loss: a masked class (``-inf``
+    logit) whose weight is 0 contributes nothing. ``xp``: the array namespace
+    (``be.xp``, or numpy / torch / jax.numpy themselves).
+    """
+    return w * xp.where((w == 0) & xp.isinf(v), xp.zeros_like(v), v)

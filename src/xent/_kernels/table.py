@@ -1,13 +1,46 @@
-"""Private fused fast paths for the dense losses, and the switch that turns them off.
+"""Dispatch as data: one table from (loss, library) to the kernel of the per-element loss.
 
-The public losses (``softmax.py``, ``sigmoid.py``) compute everything up to
-the per-element loss the plain way: validation, sample and class weights, the
-keep mask. Then they ask this module for the per-element loss. A fast path
-returns it (with its own gradient), or None when it does not handle the
-combination, and the plain composition runs instead. Reductions stay in
-``xent._core.reduce``.
+A public loss validates its arguments once into a frozen record
+(:class:`xent._core.record.Call` or ``LinearCall``) and calls
+:func:`run` with the loss's name. ``run`` asks the fused kernel registered
+for ``(loss, record.be.name)``; a fused kernel returns the per-element loss
+(with its own gradient) or None when it does not handle the combination
+(focal loss, a gradient it does not give, a size where it does not pay),
+and the loss's *reference kernel* runs instead: the plain composition of
+:mod:`xent._kernels.reference`, written once for every library. The
+reduction then happens in :func:`xent._core.reduce.finish`. Nothing
+is validated after the record is built.
 
-What the fast paths do (see ``dense_torch.py``, ``dense_numpy.py`` and
+``ENABLED = False`` (or ``with disabled():``) makes every loss -- dense,
+sparse, sigmoid and linear -- use its reference kernel; the tests compare
+the two.
+
+The table (module and function, imported on first use, so that ``import
+xent`` imports neither torch nor jax)::
+
+    loss     reference (all)     numpy         torch          jax             tensorflow
+    sparse   reference.sparse    dense_numpy   dense_torch    dense_jax (*)   -
+    dense    reference.dense     dense_numpy   dense_torch    dense_jax       -
+    sigmoid  reference.sigmoid   dense_numpy   dense_torch    dense_jax       -
+    linear   reference.linear    linear_rows   linear_torch   linear_jax      linear_tf
+
+(*) declines: under ``jax.jit`` the reference fuses into as few passes as optax.
+
+Adding a backend: one :class:`xent._core.backend.Backend` subclass (its
+``name``, ``xp`` and the primitives it computes differently; the reference
+kernels then work unchanged) and, for each loss it has a faster kernel for,
+one ``register(loss, name, kernel)`` line below. Nothing else branches on the
+library.
+
+Adding a loss (sampled softmax and NCE register this way): a reference kernel
+taking the loss's record, ``register_reference("sampled", kernel)``, fused
+entries with ``register("sampled", "torch", (_sampled_torch, "loss"))`` (a
+callable, or a loader and the function's name: the loader is a function
+whose ``from . import sampled_torch`` runs on first use; an ``import``
+statement, unlike ``importlib``, is traced by ``torch.compile``), and
+``run("sampled", record)`` in the public function.
+
+The fused dense kernels (``dense_torch.py``, ``dense_numpy.py``,
 ``dense_jax.py``, which only rewrites expressions for XLA):
 
 * the rows of ``[N, C]`` logits are processed in chunks of a few rows that fit
@@ -30,22 +63,43 @@ Formulas (per row, ``m = max z``, ``S = sum exp(z - m)``, ``lse = m + log S``,
 with ``a = (1 - s) * w_t * onehot(t) + (s / C) * w`` for integer labels and
 ``a = ((1 - s) * y + s / C) * w`` for probability labels. Terms with
 ``a_c == 0`` count 0 even where ``z_c = -inf`` (masked classes), as in the
-plain composition.
-
-``ENABLED = False`` (or ``with disabled():``) makes every loss use the plain
-composition; the tests compare the two.
+reference composition.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any, Callable
+
+from . import reference
 
 ENABLED = True
+
+Kernel = Callable[[Any], Any]
+
+#: loss -> the reference kernel (the plain composition, every library)
+REFERENCE: dict[str, Kernel] = {}
+#: (loss, library) -> fused kernel, or (module loader, function name) until first used
+FUSED: dict[tuple[str, str], Any] = {}
+
+
+def register_reference(loss: str, kernel: Kernel) -> None:
+    """Make ``kernel(record)`` the reference kernel of ``loss``."""
+    REFERENCE[loss] = kernel
+
+
+def register(loss: str, library: str, kernel: Any) -> None:
+    """Register a fused kernel of ``loss`` for ``library`` (a ``Backend.name``).
+
+    ``kernel``: a callable ``kernel(record) -> per-element loss or None``, or
+    ``(loader, "function")``: ``loader()`` returns the module, on first use.
+    """
+    FUSED[(loss, library)] = kernel
 
 
 @contextmanager
 def disabled():
-    """Run the block with the plain composition (for tests and comparisons)."""
+    """Run the block with the reference kernels (for tests and comparisons)."""
     global ENABLED
     old, ENABLED = ENABLED, False
     try:
@@ -54,42 +108,75 @@ def disabled():
         ENABLED = old
 
 
-def _module(be):
-    if be.name == "torch":
-        from . import dense_torch as m
-    elif be.name == "numpy":
-        from . import dense_numpy as m
-    elif be.name == "jax":
-        from . import dense_jax as m
-    else:  # pragma: no cover - every backend has a module
+def _resolve(key: tuple[str, str]) -> Kernel | None:
+    k = FUSED.get(key)
+    if isinstance(k, tuple):
+        load, attr = k
+        k = FUSED[key] = getattr(load(), attr)
+    return k
+
+
+def fused(loss: str, call: Any) -> Any:
+    """The fused kernel's per-element loss for ``call``, or None (no kernel, or it declined)."""
+    if not ENABLED:
         return None
-    return m
+    k = _resolve((loss, call.be.name))
+    return None if k is None else k(call)
 
 
-def sparse_loss(be, z, t, w_t, cw, keep, s: float, gamma: float, zl: float):
-    """Per-element loss of integer-label softmax CE (``[...]``), or None to fall back.
-
-    ``z``: ``[..., C]`` logits in their own dtype, classes last; ``t``: integer
-    labels (ignored ones already replaced by 0); ``w_t``: ``cw[t]`` or None;
-    ``keep``: False where the element's weight is 0 (or None).
-    """
-    if not ENABLED or gamma != 0.0:
-        return None
-    m = _module(be)
-    return None if m is None else m.sparse_loss(z, t, w_t, cw, keep, s, zl)
+def run(loss: str, call: Any) -> Any:
+    """The per-element loss of ``call``: the fused kernel where it applies, else the reference."""
+    out = fused(loss, call)
+    return REFERENCE[loss](call) if out is None else out
 
 
-def dense_loss(be, z, y, cw, keep, s: float, gamma: float, zl: float):
-    """Per-element loss of probability-label softmax CE, or None to fall back."""
-    if not ENABLED or gamma != 0.0:
-        return None
-    m = _module(be)
-    return None if m is None else m.dense_loss(z, y, cw, keep, s, zl)
+register_reference("sparse", reference.sparse)
+register_reference("dense", reference.dense)
+register_reference("sigmoid", reference.sigmoid)
+register_reference("linear", reference.linear)
+
+# the kernel modules, imported on first use by ``import`` statements
 
 
-def sigmoid_loss(be, z, y, pw, keep, s: float, gamma: float):
-    """Per-entry sigmoid CE (logits' shape), or None to fall back."""
-    if not ENABLED or gamma != 0.0:
-        return None
-    m = _module(be)
-    return None if m is None else m.sigmoid_loss(z, y, pw, keep, s)
+def _dense_numpy():
+    from . import dense_numpy
+    return dense_numpy
+
+
+def _dense_torch():
+    from . import dense_torch
+    return dense_torch
+
+
+def _dense_jax():
+    from . import dense_jax
+    return dense_jax
+
+
+def _linear_rows():
+    from . import linear_rows
+    return linear_rows
+
+
+def _linear_torch():
+    from . import linear_torch
+    return linear_torch
+
+
+def _linear_jax():
+    from . import linear_jax
+    return linear_jax
+
+
+def _linear_tf():
+    from . import linear_tf
+    return linear_tf
+
+
+for _lib, _load in (("numpy", _dense_numpy), ("torch", _dense_torch), ("jax", _dense_jax)):
+    for _loss in ("sparse", "dense", "sigmoid"):
+        register(_loss, _lib, (_load, f"{_loss}_loss"))
+register("linear", "numpy", (_linear_rows, "numpy_rows"))
+register("linear", "torch", (_linear_torch, "rows"))
+register("linear", "jax", (_linear_jax, "rows"))
+register("linear", "tensorflow", (_linear_tf, "rows"))
