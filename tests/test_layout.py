@@ -70,11 +70,6 @@ def test_kernels_import_no_public_module(name):
 # ---------------------------------------------------------------------------
 # one call path: dispatch by table, no library branches outside the backends
 
-#: tf10 is moving these onto the table; the coordinator removes them from here
-#: when wiring sampled softmax / NCE (see xent._kernels.table's docstring)
-_PENDING_BRANCHES = {"sampled.py", "samplers.py"}
-
-
 def _sources():
     for path in sorted(SRC.rglob("*.py")):
         yield path.relative_to(SRC).as_posix(), path.read_text()
@@ -86,13 +81,13 @@ def test_no_library_name_branches_outside_backend():
 
     pat = re.compile(r"\bbe\.name\s*(==|!=)|\bbe\.name\s+(not\s+)?in\b")
     bad = [f"{rel}:{i}" for rel, text in _sources()
-           if rel != "_core/backend.py" and rel not in _PENDING_BRANCHES
+           if rel != "_core/backend.py"
            for i, line in enumerate(text.splitlines(), 1) if pat.search(line)]
     assert not bad, f"library-name branches: {bad}"
 
 
 _FUSED_MODULES = ("dense_torch", "dense_numpy", "dense_jax", "linear_torch", "linear_jax",
-                  "linear_tf")
+                  "linear_tf", "sampled_torch")
 
 
 @pytest.mark.parametrize("name", sorted(m for m in _modules()
@@ -106,7 +101,7 @@ def test_fused_kernels_reached_only_through_the_table(name):
 def test_every_loss_has_a_reference_and_its_entries_resolve():
     from xent._kernels import table
 
-    assert {"sparse", "dense", "sigmoid", "linear"} <= set(table.REFERENCE)
+    assert {"sparse", "dense", "sigmoid", "linear", "sampled", "nce"} <= set(table.REFERENCE)
     for (loss, lib), kernel in table.FUSED.items():
         assert loss in table.REFERENCE, (loss, lib)
         if isinstance(kernel, tuple):
@@ -148,3 +143,37 @@ def test_disabled_forces_the_reference_kernel_for_every_loss(monkeypatch):
             plain = fn()
         assert used == [loss], f"{loss}: disabled() ran {used}"
         np.testing.assert_allclose(plain, fast, rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["sampled", "nce"])
+def test_disabled_forces_the_reference_kernel_for_the_sampled_losses(monkeypatch, loss):
+    """NumPy has only the reference; torch's fused node runs unless disabled(), same values."""
+    import numpy as np
+
+    from xent._kernels import table
+
+    torch = pytest.importorskip("torch")
+    used = _spy_reference(monkeypatch)
+    rng = np.random.default_rng(1)
+    x, W, b = rng.normal(size=(4, 3)), rng.normal(size=(7, 3)), rng.normal(size=7)
+    t = np.array([[0, 1], [4, 2], [6, 6], [3, 0]])
+    fn = {"sampled": xent.sampled_softmax_loss, "nce": xent.nce_loss}[loss]
+
+    def call(lib):
+        arr = (lambda a: torch.as_tensor(a)) if lib == "torch" else np.asarray
+        out = fn(arr(x), arr(W), arr(t), num_sampled=5, bias=arr(b), num_true=2, rng=0,
+                 remove_accidental_hits=True, sample_weight=arr([1.0, 0.0, 2.0, 0.5]),
+                 reduction="none")
+        return np.asarray(out)
+
+    for lib, has_fused in (("numpy", False), ("torch", True)):
+        used.clear()
+        fast = call(lib)
+        assert fast.dtype == np.float64
+        assert used == ([] if has_fused else [loss]), f"{loss}/{lib} ran {used}"
+        used.clear()
+        with table.disabled():
+            plain = call(lib)
+        assert used == [loss], f"{loss}/{lib}: disabled() ran {used}"
+        np.testing.assert_allclose(plain, fast, rtol=1e-12, atol=1e-15)
+        assert np.all(np.isfinite(fast)) and fast[1] == 0.0

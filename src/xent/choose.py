@@ -16,7 +16,7 @@ import numpy as np
 
 from ._core.backend import backend_of, library_of, to_numpy
 from ._core.validate import convert
-from ._guide import table as T
+from ._guide import table as decisions
 
 __all__ = ["Equivalents", "Finding", "Recommendation", "check", "choose", "equivalents"]
 
@@ -86,12 +86,12 @@ def equivalents(name: str) -> Equivalents:
       >>> xent.equivalents("tf.nn.sampled_softmax_loss").pytorch is None
       True
     """
-    entry = T.lookup(name)
+    entry = decisions.lookup(name)
     return _concept_equivalents(entry.concept, entry.xent_call())
 
 
 def _concept_equivalents(concept: str, xent_call: str | None) -> Equivalents:
-    c = T.CONCEPTS[concept]
+    c = decisions.CONCEPTS[concept]
     return Equivalents(xent_call, c.tensorflow, c.pytorch, c.keras, c.optax)
 
 
@@ -112,7 +112,7 @@ def _pos(mask: np.ndarray) -> tuple[int, ...]:
 
 
 def _num(v: float) -> float:
-    return float(f"{float(v):.{T.WEIGHT_DIGITS}g}")
+    return float(f"{float(v):.{decisions.WEIGHT_DIGITS}g}")
 
 
 def _fmt(v: Any) -> str:
@@ -197,11 +197,11 @@ def _infer(y: np.ndarray, num_classes: int | None) -> _Seen:
 def _dense(f: np.ndarray, is01: bool, shape: tuple) -> _Seen:
     rows = f.reshape(-1, shape[-1])
     sums = rows.sum(axis=1)
-    ok = np.abs(sums - 1) <= T.ROW_SUM_TOL
+    ok = np.abs(sums - 1) <= decisions.ROW_SUM_TOL
     C = shape[-1]
     if is01:
         if ok.all():
-            return _Seen("huge" if C >= T.HUGE_CLASSES else "onehot", C, shape, f"one-hot rows over {C} classes", rows.sum(0),
+            return _Seen("huge" if C >= decisions.HUGE_CLASSES else "onehot", C, shape, f"one-hot rows over {C} classes", rows.sum(0),
                          float(len(rows)))
         many = int((sums > 1).sum())
         return _Seen("multilabel", C, shape,
@@ -237,7 +237,7 @@ def _indices(f: np.ndarray, y: np.ndarray, num_classes: int | None, shape: tuple
         raise ValueError(f"labels hold class {top} at position {p} but num_classes="
                          f"{num_classes}: class indices must be in [0, {num_classes})")
     C = num_classes if num_classes is not None else top + 1
-    seen = _Seen("huge" if C >= T.HUGE_CLASSES else "multiclass", C, shape,
+    seen = _Seen("huge" if C >= decisions.HUGE_CLASSES else "multiclass", C, shape,
                  f"integer class indices in [0, {C})", np.bincount(valid, minlength=C),
                  float(valid.size), ignore)
     if num_classes is None:
@@ -255,7 +255,7 @@ def _indices(f: np.ndarray, y: np.ndarray, num_classes: int | None, shape: tuple
 
 def _balance(seen: _Seen, force: bool | None) -> tuple[dict, str]:
     """Suggested weights (by the table's formulas) and a sentence about the imbalance."""
-    table = T.SITUATIONS[seen.situation]
+    table = decisions.SITUATIONS[seen.situation]
     if table.weight is None or seen.counts is None or force is False:
         return {}, ""
     counts = np.asarray(seen.counts, dtype=np.float64)
@@ -284,12 +284,12 @@ def _balance(seen: _Seen, force: bool | None) -> tuple[dict, str]:
         if not present.all():
             what += (f"; {int((~present).sum())} classes do not occur and get the largest "
                      "weight")
-    heavy = ratio >= T.IMBALANCE_RATIO
+    heavy = ratio >= decisions.IMBALANCE_RATIO
     if not (heavy or force):
-        return {}, (f"Balance: {what} (ratio {ratio:.3g}, under the {T.IMBALANCE_RATIO:g}x "
+        return {}, (f"Balance: {what} (ratio {ratio:.3g}, under the {decisions.IMBALANCE_RATIO:g}x "
                     "threshold): no weights needed.")
     return {table.weight: value}, (f"Imbalance: {what} (ratio {ratio:.3g}). Suggested "
-                                   f"{T.WEIGHT_FORMULAS[table.weight]}.")
+                                   f"{decisions.WEIGHT_FORMULAS[table.weight]}.")
 
 
 # -- choose ------------------------------------------------------------------------------
@@ -390,14 +390,14 @@ def _task(task: Any) -> str:
     if not isinstance(task, str):
         raise TypeError(f"task must be a str, got a {type(task).__name__}")
     key = "".join(ch for ch in task.lower() if ch.isalnum())
-    if key not in T.TASKS:
+    if key not in decisions.TASKS:
         import difflib
 
-        close = difflib.get_close_matches(key, list(T.TASKS), n=3)
+        close = difflib.get_close_matches(key, list(decisions.TASKS), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"task must be one of {', '.join(repr(k) for k in T.SITUATIONS)}, "
+        raise ValueError(f"task must be one of {', '.join(repr(k) for k in decisions.SITUATIONS)}, "
                          f"got {task!r}{hint}")
-    return T.TASKS[key]
+    return decisions.TASKS[key]
 
 
 def _agree(seen: _Seen, wanted: str | None, exclusive: bool | None, soft: bool | None) -> None:
@@ -405,7 +405,7 @@ def _agree(seen: _Seen, wanted: str | None, exclusive: bool | None, soft: bool |
     if wanted is not None and _family(wanted) != _family(seen.situation) and not (
             wanted == "multilabel" and seen.situation in ("onehot", "soft")):
         raise ValueError(f"task={wanted!r} does not fit the labels: they are {seen.what} "
-                         f"({T.SITUATIONS[seen.situation].title})")
+                         f"({decisions.SITUATIONS[seen.situation].title})")
     if exclusive is True and seen.situation == "multilabel":
         raise ValueError(f"exclusive=True does not fit the labels: they are {seen.what}")
     if exclusive is False and seen.situation in ("multiclass", "huge"):
@@ -499,7 +499,7 @@ def _describe(wanted: str | None, num_classes: int | None, exclusive: bool | Non
                              "exclusive=, soft= (e.g. choose(task='multilabel'))")
         if exclusive is False:
             wanted = "multilabel"
-        elif num_classes is not None and num_classes >= T.HUGE_CLASSES:
+        elif num_classes is not None and num_classes >= decisions.HUGE_CLASSES:
             wanted = "huge"
         elif soft:
             wanted = "soft"
@@ -517,12 +517,12 @@ def _describe(wanted: str | None, num_classes: int | None, exclusive: bool | Non
     if wanted in ("multiclass", "onehot") and soft:
         wanted = "soft"
     if wanted in ("multiclass", "onehot", "soft") and num_classes is not None \
-            and num_classes >= T.HUGE_CLASSES:
+            and num_classes >= decisions.HUGE_CLASSES:
         wanted = "huge"
     if wanted in ("huge",) and soft:
         raise ValueError("soft labels over a huge vocabulary are not supported by the "
                          "memory-light losses, which take class indices")
-    s = T.SITUATIONS[wanted]
+    s = decisions.SITUATIONS[wanted]
     classes = f" over {num_classes} classes" if num_classes is not None else ""
     notes = []
     kwargs: dict = {}
@@ -531,7 +531,7 @@ def _describe(wanted: str | None, num_classes: int | None, exclusive: bool | Non
         extra = "**xent.choose(labels, imbalanced=True).kwargs"
         notes.append(f"Imbalanced: pass {s.weight}, computed from your labels by "
                      f"xent.choose(labels, imbalanced=True): "
-                     f"{T.WEIGHT_FORMULAS[s.weight]}.")
+                     f"{decisions.WEIGHT_FORMULAS[s.weight]}.")
     if wanted == "onehot":
         notes.append("Described, the one-hot rows go in as they are, so the code runs in "
                      "every library; given the labels themselves, choose writes the "
@@ -548,7 +548,7 @@ def _recommend(situation: str, kwargs: dict, labels_expr: str, seen: str, notes:
                peer_labels: Any = None, dense: bool = False) -> Recommendation:
     """The recommendation; ``peer_labels(concept)`` gives each peer's labels expression;
     ``dense`` takes one-hot rows as they are (``softmax_cross_entropy``)."""
-    s = T.SITUATIONS[situation]
+    s = decisions.SITUATIONS[situation]
     if dense:
         s = dataclasses.replace(s, function="softmax_cross_entropy",
                                 call="xent.softmax_cross_entropy(logits, {labels})",
@@ -561,7 +561,7 @@ def _recommend(situation: str, kwargs: dict, labels_expr: str, seen: str, notes:
                       + notes if p)
     concept = peer_concept or {
         "sigmoid_cross_entropy": "weighted_sigmoid" if "pos_weight" in kwargs
-        else "sigmoid"}.get(s.function, T.lookup("xent." + s.function).concept)
+        else "sigmoid"}.get(s.function, decisions.lookup("xent." + s.function).concept)
     e = _concept_equivalents(concept, code)
     exprs = peer_labels(concept) if peer_labels is not None else {
         lib: "labels" for lib in _PEER_LIB}
@@ -622,7 +622,7 @@ _LABEL_CODES = ("label_out_of_range", "multi_hot_to_softmax", "labels_not_normal
 
 
 def _finding(code: str, detail: str, severity: str | None = None) -> Finding:
-    kind = T.FINDINGS[code]
+    kind = decisions.FINDINGS[code]
     return Finding(code, severity or kind.severity, detail)
 
 
@@ -704,7 +704,7 @@ def _ordered(found: list[Finding]) -> list[Finding]:
 
 
 def _loss_family(loss: Any) -> str:
-    entry = T.lookup(loss)
+    entry = decisions.lookup(loss)
     family = _FAMILY_OF_CONCEPT.get(entry.concept)
     if family is None:
         raise ValueError(f"check inspects logits and labels; {loss!r} takes inputs and a "
@@ -733,7 +733,7 @@ def _guess_family(z: np.ndarray, y: np.ndarray) -> str:
     rows = rows[np.isfinite(rows).all(axis=1)]
     if rows.size == 0:
         return "sigmoid"
-    ok = np.abs(rows.sum(axis=1) - 1) <= T.ROW_SUM_TOL
+    ok = np.abs(rows.sum(axis=1) - 1) <= decisions.ROW_SUM_TOL
     if bool(np.all((rows == 0) | (rows == 1))):
         return "softmax" if ok.all() else "sigmoid"
     return "softmax" if ok.mean() >= 0.5 else "sigmoid"
@@ -913,7 +913,7 @@ def _probabilities(z: np.ndarray, family: str) -> list[Finding]:
         return []
     if family == "softmax" and z.ndim >= 1 and z.shape[-1] >= 2 and np.isfinite(z).all():
         sums = z.reshape(-1, z.shape[-1]).sum(1)
-        if np.all(np.abs(sums - 1) <= T.ROW_SUM_TOL):
+        if np.all(np.abs(sums - 1) <= decisions.ROW_SUM_TOL):
             return [_finding("probabilities_as_logits", "every logits row lies in [0, 1] and "
                              "sums to 1: these are probabilities, and the loss would apply "
                              "softmax a second time. Pass the scores from before the softmax, "
@@ -938,7 +938,7 @@ def _rows(y: np.ndarray) -> list[Finding]:
                          "makes classes exclusive. For multi-label use "
                          "sigmoid_cross_entropy(logits, labels).")]
     sums = rows.sum(1)
-    off = good & (np.abs(sums - 1) > T.ROW_SUM_TOL)
+    off = good & (np.abs(sums - 1) > decisions.ROW_SUM_TOL)
     if not off.any():
         return []
     i = int(np.argmax(off))

@@ -17,14 +17,11 @@ from ._core.hints import hinted
 from ._core import reduce
 from ._core import validate
 from ._core.backend import Backend, describe, get_backend, library_of
+from ._core.record import SampledCall
+from ._kernels import table
 from .samplers import Sample, as_sampler
 
 __all__ = ["sampled_softmax_loss", "nce_loss"]
-
-# TensorFlow adds -FLT_MAX to the logits of accidental hits; xent puts it there
-# with a `where`, so no gradient reaches them.
-_HIT_LOGIT = -3.4028234663852886e38
-
 
 def _matrix(be: Backend, x: Any, like: Any, name: str, ndim: int, what: str) -> Any:
     if name != "inputs":
@@ -73,9 +70,9 @@ def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_cl
     return Sample(be.after_checks(be.astype(ids, be.index_dtype)), te, se)
 
 
-def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
-           sample_weight, reduction):
-    """Validate, sample, and return the pieces both losses share."""
+def _record(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+            sample_weight, reduction, normalizer, remove_accidental_hits, subtract_log_q):
+    """Validate, sample, and freeze the call into the record both losses' kernels read."""
     be, x = validate.float_array(inputs, "inputs")
     red = validate.reduction(reduction)
     S = validate.positive_int(num_sampled, "num_sampled")
@@ -107,148 +104,10 @@ def _setup(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sam
         sample = _sample(be, sampled, x, N, T, S, C)
     cdt = be.compute_dtype(be.promote(x.dtype, W.dtype))
     sw = reduce.sample_weights(be, sample_weight, x, (N,), cdt)
-    return be, x, W, b, t, sample, S, T, cdt, sw, red
-
-
-def _sampled_terms(be: Backend, kind: str, x, W, b, t, sample, T: int, cdt, sw,
-                   remove_accidental_hits: bool, subtract_log_q: bool, unique_ids: bool):
-    """TensorFlow's ``_compute_sampled_logits``, reduced over the sampled columns.
-
-    Returns the ``[N, T]`` true logits ``t_ij`` and, per example, the
-    logsumexp of the sampled logits ``s_ik`` (``kind="softmax"``) or the sum
-    of ``softplus(s_ik)`` (``kind="nce"``). Only the ``N * T + S`` rows of
-    ``classifier`` (and entries of ``bias``) that are used are gathered;
-    their gradients are scatters into those rows.
-    """
-    xp = be.xp
-    N, D = validate.shape_of(x)
-    ids = be.stop_gradient(sample.ids)
-    all_ids = xp.concat([xp.reshape(t, (-1,)), ids])
-    rows = be.astype(be.gather_rows(W, all_ids), cdt)
-    x = be.astype(x, cdt)
-    keep = reduce.keep_mask(be, sw, None)
-    if keep is not None:  # zero-weight rows (NaN padding) touch nothing
-        x = xp.where(keep[:, None], x, xp.zeros_like(x))
-    true_w = xp.reshape(rows[: N * T], (N, T, D))
-    true_logits = xp.sum(x[:, None, :] * true_w, axis=-1)
-    # One [S] shift per sampled column (bias - log Q), added in one pass over [N, S].
-    shift = None
-    if b is not None:
-        all_b = be.astype(xp.take(b, all_ids, axis=0), cdt)
-        true_logits = true_logits + xp.reshape(all_b[: N * T], (N, T))
-        shift = all_b[N * T:]
-    if subtract_log_q:
-        te = be.stop_gradient(be.astype(sample.true_expected_count, cdt))
-        se = be.stop_gradient(be.astype(sample.sampled_expected_count, cdt))
-        if keep is not None:
-            te = xp.where(keep[:, None], te, xp.ones_like(te))
-        true_logits = true_logits - xp.log(te)
-        shift = -xp.log(se) if shift is None else shift - xp.log(se)
-    ws = rows[N * T:]
-    if _FUSED_TORCH and be.fused_sampled_columns():
-        return true_logits, _torch_sampled_columns(kind, x, ws, shift, t, ids,
-                                                   remove_accidental_hits, unique_ids)
-    z = xp.matmul(x, xp.matrix_transpose(ws))
-    if shift is not None:
-        z = z + shift[None, :]
-    if remove_accidental_hits:
-        z = xp.where(_hit_mask(t, ids, T), _HIT_LOGIT, z)
-    if kind == "softmax":
-        return true_logits, be.logsumexp(z, axis=-1)
-    return true_logits, xp.sum(be.softplus(z), axis=-1)
-
-
-def _hit_mask(t: Any, ids: Any, T: int) -> Any:
-    """``[N, S]``: True where candidate k is one of example i's labels."""
-    hit = t[:, 0:1] == ids[None, :]
-    for j in range(1, T):
-        hit = hit | (t[:, j:j + 1] == ids[None, :])
-    return hit
-
-
-# The torch fast path (one autograd node over the [N, S] sampled logits); tests
-# switch it off to compare it with the plain composition above.
-_FUSED_TORCH = True
-
-
-def _torch_sampled_columns(kind, x, ws, shift, t, ids, remove_hits, unique_ids):
-    """The torch fast path of the sampled columns: one autograd node, few passes over [N, S].
-
-    Forward: ``z = shift + x @ ws.T`` (one GEMM with the add), hits set to
-    ``-FLT_MAX`` in place, then in place ``softmax(z)`` (saved) and its
-    logsumexp, or ``sigmoid(z)`` (saved) and ``sum softplus(z)``. Backward:
-    ``dz = saved * g`` and two GEMMs; hit columns have ``saved == 0`` exactly,
-    so no gradient reaches them. With unique candidates (the built-in
-    samplers) the hits are found by a binary search over the sorted ids and
-    written at their ``N * num_true`` positions, without an ``[N, S]`` mask.
-    """
-    import torch
-
-    rows = cols = found = mask = None
-    if remove_hits:
-        if unique_ids:
-            rows, cols, found = _hit_positions(torch, t, ids)
-        else:
-            mask = _hit_mask(t, ids, t.shape[1])
-    if shift is None:
-        shift = torch.zeros(ws.shape[0], dtype=x.dtype, device=x.device)
-    return _SampledColumns().apply(x, ws, shift, rows, cols, found, mask, kind)
-
-
-def _hit_positions(torch, t, ids):
-    """For unique ids: each label's column among the candidates (where found), without syncing."""
-    S = ids.shape[0]
-    sorted_ids, order = torch.sort(ids)
-    pos = torch.searchsorted(sorted_ids, t).clamp_(max=S - 1)
-    found = sorted_ids[pos] == t
-    rows = torch.arange(t.shape[0], device=t.device)[:, None].expand_as(t)
-    return rows.reshape(-1), order[pos].reshape(-1), found.reshape(-1)
-
-
-_FUNCTION = None
-
-
-def _SampledColumns():
-    """The ``torch.autograd.Function`` (made once, on first use: torch is imported lazily)."""
-    global _FUNCTION
-    if _FUNCTION is not None:
-        return _FUNCTION
-    import torch
-    from torch.autograd.function import once_differentiable
-
-    class SampledColumns(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, ws, shift, rows, cols, found, mask, kind):
-            z = torch.addmm(shift, x, ws.t())
-            if rows is not None:
-                z[rows, cols] = torch.where(found, _HIT_LOGIT, z[rows, cols])
-            elif mask is not None:
-                z.masked_fill_(mask, _HIT_LOGIT)
-            if kind == "softmax":
-                m = z.amax(dim=1, keepdim=True)
-                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-                z.sub_(m).exp_()
-                total = z.sum(dim=1, keepdim=True)
-                z.div_(total)
-                out = (total.log() + m).squeeze(1)
-            else:
-                out = torch.nn.functional.softplus(z).sum(dim=1)
-                z.sigmoid_()
-            ctx.save_for_backward(x, ws, z)
-            return out
-
-        @staticmethod
-        @once_differentiable
-        def backward(ctx, g):
-            x, ws, p = ctx.saved_tensors
-            dz = p * g[:, None]
-            dx = dz @ ws if ctx.needs_input_grad[0] else None
-            dws = dz.t() @ x if ctx.needs_input_grad[1] else None
-            dshift = dz.sum(dim=0) if ctx.needs_input_grad[2] else None
-            return dx, dws, dshift, None, None, None, None, None
-
-    _FUNCTION = SampledColumns
-    return _FUNCTION
+    return SampledCall(be, x, W, b, t, sample.ids, sample.true_expected_count,
+                       sample.sampled_expected_count, T, cdt, bool(remove_accidental_hits),
+                       bool(subtract_log_q), sampled is None, x.dtype, red, sw=sw,
+                       normalizer=validate.normalizer(normalizer, red, be, x, cdt))
 
 
 def _on_inputs_device(fn):
@@ -301,18 +160,9 @@ def sampled_softmax_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sa
                          subtract_log_q: bool = True, rng: Any = None,
                          sample_weight: Any = None, reduction: str = "mean",
              normalizer: Any = None) -> Any:
-    be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
-        inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
-        sample_weight, reduction)
-    xp = be.xp
-    true_logits, lse_sampled = _sampled_terms(
-        be, "softmax", x, W, b, t, sample, T, cdt, sw, remove_accidental_hits, subtract_log_q,
-        sampled is None)
-    # logsumexp over [true, sampled] without concatenating [N, T + S].
-    lse = xp.logaddexp(be.logsumexp(true_logits, axis=-1), lse_sampled)
-    loss = lse - xp.mean(true_logits, axis=-1)
-    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype,
-                    normalizer=validate.normalizer(normalizer, red, be, x, cdt))
+    call = _record(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+                   sample_weight, reduction, normalizer, remove_accidental_hits, subtract_log_q)
+    return reduce.finish(call, table.run("sampled", call))
 
 
 @hinted
@@ -322,19 +172,9 @@ def nce_loss(inputs: Any, classifier: Any, labels: Any, /, *, num_sampled: int,
              sampled: Any = None, remove_accidental_hits: bool = False, rng: Any = None,
              sample_weight: Any = None, reduction: str = "mean",
              normalizer: Any = None) -> Any:
-    be, x, W, b, t, sample, S, T, cdt, sw, red = _setup(
-        inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
-        sample_weight, reduction)
-    xp = be.xp
-    true_logits, noise = _sampled_terms(
-        be, "nce", x, W, b, t, sample, T, cdt, sw, remove_accidental_hits, True, sampled is None)
-    y = 1.0 / T
-    true_part = y * be.softplus(-true_logits)
-    if T > 1:
-        true_part = true_part + (1.0 - y) * be.softplus(true_logits)
-    loss = xp.sum(true_part, axis=-1) + noise
-    return reduce.reduce(be, loss, reduction=red, sample_weight=sw, out_dtype=x.dtype,
-                    normalizer=validate.normalizer(normalizer, red, be, x, cdt))
+    call = _record(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sampled, rng,
+                   sample_weight, reduction, normalizer, remove_accidental_hits, True)
+    return reduce.finish(call, table.run("nce", call))
 
 
 sampled_softmax_loss.__doc__ = r"""Sampled softmax loss: softmax over the true classes and shared candidates.

@@ -342,7 +342,7 @@ class Backend:
         return x
 
     def fused_sampled_columns(self) -> bool:
-        """Whether sampled.py's fused torch autograd node applies now (torch, not compiling)."""
+        """Whether _kernels/sampled_torch's fused autograd node applies now (torch, not compiling)."""
         return False
 
     def while_loop(self, cond: Any, body: Any, init: Any) -> Any:

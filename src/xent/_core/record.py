@@ -83,3 +83,37 @@ class LinearCall(NamedTuple):
     valid: Any = None
     norm: Any = None
     normalizer: Any = None
+
+
+class SampledCall(NamedTuple):
+    """One call of ``sampled_softmax_loss`` / ``nce_loss``, validated and sampled.
+
+    ``x``: ``[N, D]`` inputs; ``W`` / ``b``: the classifier and bias (or
+    None), in their own dtypes (the kernels gather the used rows and convert
+    them to ``cdt``); ``t``: ``[N, T]`` labels in ``be.index_dtype``;
+    ``ids``, ``te``, ``se``: the sample's ``[S]`` candidates, ``[N, T]`` and
+    ``[S]`` expected counts; ``unique_ids``: the candidates are known to be
+    distinct (drawn by a built-in sampler); ``sw``: the ``[N]`` sample
+    weights in ``cdt`` or None (rows with weight 0 touch nothing).
+    """
+
+    be: Backend
+    x: Any
+    W: Any
+    b: Any
+    t: Any
+    ids: Any
+    te: Any
+    se: Any
+    num_true: int
+    cdt: Any
+    remove_hits: bool
+    subtract_log_q: bool
+    unique_ids: bool
+    out_dtype: Any
+    reduction: str
+    sw: Any = None
+    normalizer: Any = None
+    # as in :class:`Call`, for :func:`xent._core.reduce.finish`
+    valid: Any = None
+    norm: Any = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import table as T
+from . import table as decisions
 
 DEFAULT_PATH = Path("docs") / "choosing.md"
 
@@ -46,13 +46,13 @@ def render() -> str:
         "| situation | your labels | logits | use | call |",
         "|---|---|---|---|---|",
     ]
-    for s in T.SITUATIONS.values():
+    for s in decisions.SITUATIONS.values():
         call = s.call.format(labels=s.labels_expr)
         out.append(f"| {s.title} | {s.labels} | {s.logits} | `{s.function}` | `{call}` |")
     out += ["", "The model already outputs probabilities? Binary: `xent.log_loss(p, labels)`;",
             "exclusive classes: `log(p)` are valid logits for `softmax_cross_entropy` and",
             "`sparse_softmax_cross_entropy`.", ""]
-    for s in T.SITUATIONS.values():
+    for s in decisions.SITUATIONS.values():
         out += [f"### {s.title}", "", s.why, ""]
         if s.alternatives:
             out += ["Also worth knowing: " + ", ".join(f"`{a}`" for a in s.alternatives) + ".",
@@ -61,11 +61,11 @@ def render() -> str:
         "## Imbalanced classes",
         "",
         f"`choose` and `check` call labels imbalanced when the most frequent class is at "
-        f"least {T.IMBALANCE_RATIO:g} times as frequent as the least frequent one (for "
+        f"least {decisions.IMBALANCE_RATIO:g} times as frequent as the least frequent one (for "
         "multi-label, per class: negatives against positives). They then suggest:",
         "",
     ]
-    for name, formula in T.WEIGHT_FORMULAS.items():
+    for name, formula in decisions.WEIGHT_FORMULAS.items():
         out.append(f"- `{name}`: {formula}.")
     out += [
         "",
@@ -77,7 +77,7 @@ def render() -> str:
         "",
         "## Huge class counts",
         "",
-        f"From {T.HUGE_CLASSES} classes on, `choose` recommends "
+        f"From {decisions.HUGE_CLASSES} classes on, `choose` recommends "
         "`linear_cross_entropy(inputs, classifier, labels)`: the exact loss, without the "
         "`[N, V]` logits in memory. `sampled_softmax_loss` and `nce_loss` (TensorFlow's "
         "semantics) are cheaper per training step but approximate: evaluate with the exact "
@@ -88,7 +88,7 @@ def render() -> str:
         "| code | severity | what | what to do |",
         "|---|---|---|---|",
     ]
-    for f in T.FINDINGS.values():
+    for f in decisions.FINDINGS.values():
         out.append(f"| `{f.code}` | {f.severity} | {f.what} | {f.fix} |")
     out += [
         "",
@@ -104,7 +104,7 @@ def render() -> str:
         "| loss | " + " | ".join(t for t, _ in _LIBS) + " |",
         "|---|" + "---|" * len(_LIBS),
     ]
-    for c in T.CONCEPTS.values():
+    for c in decisions.CONCEPTS.values():
         cells = [_cell(_code(getattr(c, attr))) for _, attr in _LIBS]
         out.append(f"| {c.about} | " + " | ".join(cells) + " |")
     out += [
@@ -120,7 +120,7 @@ def render() -> str:
     for lib in ("xent", "tensorflow", "pytorch", "keras", "optax", "sklearn"):
         out += ["", f"### {_LIB_TITLES[lib]}", "",
                 "| name | xent | note | same number as |", "|---|---|---|---|"]
-        for n in T.NAMES:
+        for n in decisions.NAMES:
             if n.library != lib:
                 continue
             name = f"`{n.name}`" + (" (historical)" if n.historical else "")

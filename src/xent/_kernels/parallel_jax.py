@@ -15,8 +15,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
+
+from .._core.backend import get_backend
+from . import linear_rows
 
 
 def _varying(a, axis):
@@ -64,16 +66,17 @@ def rows(kind, arrays, t, keep, cw, vocab_start, axis, s, zl, n, vl, cdt, extra)
     nv = size * vl
     me = lax.axis_index(axis)
     start_default = me * vl
+    idx = get_backend("jax").index_dtype
     if vocab_start is None:
         start = start_default
         slots = jnp.zeros((0,))
     else:
         # every block [k vl, (k + 1) vl) claimed exactly once: a one-hot per shard, summed
         # in the same psum as the row statistics
-        start = jnp.asarray(vocab_start, jnp.int32)
+        start = jnp.asarray(vocab_start, idx)
         slot = jnp.where(start % vl == 0, start // vl, -1)
         slots = (jnp.arange(size) == slot).astype(jnp.float32)
-    t2 = jnp.reshape(t, (n,)).astype(jnp.int32)
+    t2 = jnp.reshape(t, (n,)).astype(idx)
     k2 = None if keep is None else jnp.reshape(keep, (n,))
     bad = (t2 < 0) | (t2 >= nv)
     if k2 is not None:
@@ -111,7 +114,7 @@ def rows(kind, arrays, t, keep, cw, vocab_start, axis, s, zl, n, vl, cdt, extra)
         nc = -(-vl // chunk)
         bc = jnp.zeros((vl,), cdt) if b is None else b.astype(cdt)
         wfull = jnp.ones((vl,), cdt) if cwc is None else cwc
-        low = float(np.finfo(np.float64 if cdt == jnp.float64 else np.float32).min)
+        o = linear_rows.Opts(nv, chunk, s, zl, cap)
 
         def logits(k):
             st = jnp.minimum(k * chunk, vl - chunk)
@@ -126,17 +129,10 @@ def rows(kind, arrays, t, keep, cw, vocab_start, axis, s, zl, n, vl, cdt, extra)
 
         @jax.checkpoint
         def body(state, k):
-            m, se, sm, seen = state
             z, w = logits(k)
-            m_new = lax.stop_gradient(jnp.maximum(m, jnp.max(z, axis=1)))
-            se = se * jnp.exp(m - m_new) + jnp.sum(jnp.exp(z - m_new[:, None]), axis=1)
-            if s:
-                sm = sm - seen * (m_new - m) + jnp.where(w == 0, 0.0, z - m_new[:, None]) @ w
-                seen = seen + jnp.sum(w)
-            return (m_new, se, sm, seen), None
+            return linear_rows.online_update(jnp, state, z, w, o), None
 
-        zero = jnp.zeros((n,), cdt)
-        init = (jnp.full((n,), low, cdt), zero, zero, jnp.zeros((), cdt))
+        init = linear_rows.online_init(jnp, n, cdt)
         init = jax.tree.map(lambda a: _varying(a, axis), init)
         (m_loc, se_loc, sm_loc, seen), _ = lax.scan(body, init, jnp.arange(nc))
         ut = jnp.sum(x2.astype(cdt) * W[tl].astype(cdt), axis=1) + bc[tl]

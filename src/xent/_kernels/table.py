@@ -1,7 +1,7 @@
 """Dispatch as data: one table from (loss, library) to the kernel of the per-element loss.
 
 A public loss validates its arguments once into a frozen record
-(:class:`xent._core.record.Call` or ``LinearCall``) and calls
+(:class:`xent._core.record.Call`, ``LinearCall`` or ``SampledCall``) and calls
 :func:`run` with the loss's name. ``run`` asks the fused kernel registered
 for ``(loss, record.be.name)``; a fused kernel returns the per-element loss
 (with its own gradient) or None when it does not handle the combination
@@ -12,8 +12,8 @@ reduction then happens in :func:`xent._core.reduce.finish`. Nothing
 is validated after the record is built.
 
 ``ENABLED = False`` (or ``with disabled():``) makes every loss -- dense,
-sparse, sigmoid and linear -- use its reference kernel; the tests compare
-the two.
+sparse, sigmoid, linear, sampled softmax and NCE -- use its reference
+kernel; the tests compare the two.
 
 The table (module and function, imported on first use, so that ``import
 xent`` imports neither torch nor jax)::
@@ -23,6 +23,8 @@ xent`` imports neither torch nor jax)::
     dense    reference.dense     dense_numpy   dense_torch    dense_jax       -
     sigmoid  reference.sigmoid   dense_numpy   dense_torch    dense_jax       -
     linear   reference.linear    linear_rows   linear_torch   linear_jax      linear_tf
+    sampled  sampled_ref.sampled -             sampled_torch  -               -
+    nce      sampled_ref.nce     -             sampled_torch  -               -
 
 (*) declines: under ``jax.jit`` the reference fuses into as few passes as optax.
 
@@ -32,7 +34,7 @@ kernels then work unchanged) and, for each loss it has a faster kernel for,
 one ``register(loss, name, kernel)`` line below. Nothing else branches on the
 library.
 
-Adding a loss (sampled softmax and NCE register this way): a reference kernel
+Adding a loss (as sampled softmax and NCE do): a reference kernel
 taking the loss's record, ``register_reference("sampled", kernel)``, fused
 entries with ``register("sampled", "torch", (_sampled_torch, "loss"))`` (a
 callable, or a loader and the function's name: the loader is a function
@@ -72,6 +74,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 from . import reference
+from . import sampled_ref
 
 ENABLED = True
 
@@ -134,6 +137,8 @@ register_reference("sparse", reference.sparse)
 register_reference("dense", reference.dense)
 register_reference("sigmoid", reference.sigmoid)
 register_reference("linear", reference.linear)
+register_reference("sampled", sampled_ref.sampled)
+register_reference("nce", sampled_ref.nce)
 
 # the kernel modules, imported on first use by ``import`` statements
 
@@ -173,6 +178,11 @@ def _linear_tf():
     return linear_tf
 
 
+def _sampled_torch():
+    from . import sampled_torch
+    return sampled_torch
+
+
 for _lib, _load in (("numpy", _dense_numpy), ("torch", _dense_torch), ("jax", _dense_jax)):
     for _loss in ("sparse", "dense", "sigmoid"):
         register(_loss, _lib, (_load, f"{_loss}_loss"))
@@ -180,3 +190,5 @@ register("linear", "numpy", (_linear_rows, "numpy_rows"))
 register("linear", "torch", (_linear_torch, "rows"))
 register("linear", "jax", (_linear_jax, "rows"))
 register("linear", "tensorflow", (_linear_tf, "rows"))
+register("sampled", "torch", (_sampled_torch, "sampled_loss"))
+register("nce", "torch", (_sampled_torch, "nce_loss"))
