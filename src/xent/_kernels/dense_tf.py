@@ -67,6 +67,17 @@ def _with_z_loss(loss, m, log_s, zl):
     return (loss + zl * lse * lse if zl != 0.0 else loss), lse
 
 
+def _gated(a, zs):
+    """``zs``, floored at the most negative finite number where ``a == 0``: ``a * _gated(a, zs)`` is 0 there.
+
+    Plain arithmetic instead of a select (as in ``dense_jax._gated``): the floor
+    ``-big (1 + a big)`` overflows to ``-inf`` for every ``a > 0``, and XLA keeps
+    the product inside the fused reduction instead of writing it out.
+    """
+    big = zs.dtype.max
+    return tf.maximum(zs, -big * (1.0 + a * big))
+
+
 def _dz(z, cdt, coef, sub, m, log_s):
     """``g (A + 2 zl lse) p - sub`` in ``z``'s dtype; exact second derivative w.r.t. ``z``.
 
@@ -124,7 +135,7 @@ def sparse_loss(call):
             total = float(C) if cwi is None else tf.reduce_sum(cwi)
             A = on + sc * total
             dot = tf.reduce_sum(zs, axis=-1) if cwi is None else tf.reduce_sum(
-                cwi * _guarded(cwi, zs), axis=-1)
+                cwi * _gated(cwi, zs), axis=-1)
             loss = loss + sc * (total * log_s - dot)
         loss, lse = _with_z_loss(loss, m, log_s, zl)
 
@@ -169,7 +180,7 @@ def dense_loss(call):
     def f(z, ai):
         zs, m, log_s = _stats(tf.cast(z, cdt))
         A = tf.reduce_sum(ai, axis=-1)
-        loss = A * log_s - tf.reduce_sum(ai * _guarded(ai, zs), axis=-1)
+        loss = A * log_s - tf.reduce_sum(ai * _gated(ai, zs), axis=-1)
         loss, lse = _with_z_loss(loss, m, log_s, zl)
 
         def grad(g):
