@@ -19,14 +19,15 @@ The table (module and function, imported on first use, so that ``import
 xent`` imports neither torch nor jax)::
 
     loss     reference (all)     numpy         torch          jax             tensorflow
-    sparse   reference.sparse    dense_numpy   dense_torch    dense_jax (*)   -
-    dense    reference.dense     dense_numpy   dense_torch    dense_jax       -
-    sigmoid  reference.sigmoid   dense_numpy   dense_torch    dense_jax       -
+    sparse   reference.sparse    dense_numpy   dense_torch    dense_jax (*)   dense_tf
+    dense    reference.dense     dense_numpy   dense_torch    dense_jax       dense_tf
+    sigmoid  reference.sigmoid   dense_numpy   dense_torch    dense_jax       dense_tf (**)
     linear   reference.linear    linear_rows   linear_torch   linear_jax      linear_tf
     sampled  sampled_ref.sampled -             sampled_torch  -               -
     nce      sampled_ref.nce     -             sampled_torch  -               -
 
 (*) declines: under ``jax.jit`` the reference fuses into as few passes as optax.
+(**) declines: elementwise, TensorFlow's autodiff of the reference saves no more.
 
 Adding a backend: one :class:`xent._core.backend.Backend` subclass (its
 ``name``, ``xp`` and the primitives it computes differently; the reference
@@ -158,6 +159,11 @@ def _dense_jax():
     return dense_jax
 
 
+def _dense_tf():
+    from . import dense_tf
+    return dense_tf
+
+
 def _linear_rows():
     from . import linear_rows
     return linear_rows
@@ -183,7 +189,8 @@ def _sampled_torch():
     return sampled_torch
 
 
-for _lib, _load in (("numpy", _dense_numpy), ("torch", _dense_torch), ("jax", _dense_jax)):
+for _lib, _load in (("numpy", _dense_numpy), ("torch", _dense_torch), ("jax", _dense_jax),
+                    ("tensorflow", _dense_tf)):
     for _loss in ("sparse", "dense", "sigmoid"):
         register(_loss, _lib, (_load, f"{_loss}_loss"))
 register("linear", "numpy", (_linear_rows, "numpy_rows"))

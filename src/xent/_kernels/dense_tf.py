@@ -1,0 +1,200 @@
+"""TensorFlow kernels of the softmax losses: ``tf.custom_gradient`` over the row formula.
+
+Differentiating the plain composition (:mod:`xent._kernels.reference`) makes
+TensorFlow keep several ``[..., C]`` intermediates (``z - m``, ``log p``, the
+masks of the ``0 * inf`` guard) from the forward pass to the backward pass.
+These kernels compute, per row, ``m`` (the row maximum, 0 where it is not
+finite), ``log S = log sum exp(z - m)`` and the loss (formulas in
+:mod:`xent._kernels.table`)::
+
+    l     = A log S - sum_c a_c (z_c - m) + z_loss lse**2
+    dl/dz = (A + 2 z_loss lse) p - a
+
+and save only ``[...]``-sized statistics besides their inputs. The backward
+pass recomputes ``p = exp((z - m) - log S)`` and forms
+``g * ((A + 2 z_loss lse) p - a)`` in one expression, which XLA fuses into one
+pass over the logits (under ``jit_compile=True``). Terms with ``a_c == 0``
+count 0 where ``z_c = -inf``, in the value and the gradients. float16 /
+bfloat16 logits are computed in ``call.cdt`` and their gradient is returned in
+their own dtype; rows that contribute nothing (``call.keep`` False) have
+their logits and coefficients zeroed before the kernel, as in the reference.
+
+Integer labels: ``a = (1 - s) w_t onehot(t) + (s / C) w`` (``w`` the class
+weights or 1), the label logit by a gather (no one-hot product in the
+forward pass). Probability labels: ``a = ((1 - s) y + s / C) w``.
+
+Gradients of the weights: ``w_t`` (``cw[t]``) and, with label smoothing, the
+class weights are inputs of the custom gradient and get theirs
+(``(1 - s)(lse - z_t)`` and ``(s / C) sum (lse - z_c)``); with probability
+labels and class weights the coefficients ``a`` are an input (their gradient
+``lse - z_c`` reaches ``cw`` through TensorFlow's autodiff).
+
+Declines (the reference runs): the focal factor (``focal_gamma != 0``),
+labels that need a gradient (``label_gradient=True``: a ``GradientTape`` may
+watch any tensor, so the record says True whenever it was asked for), and
+the sigmoid loss (elementwise: TensorFlow's autodiff of the reference keeps
+no row statistics to save).
+
+Second derivatives: the backward pass of the logits is itself a
+``tf.custom_gradient`` whose gradient is TensorFlow's autodiff of the same
+formula with ``log S`` recomputed from the logits, so a nested
+``GradientTape`` gets the exact second derivative with respect to the
+logits. Second derivatives that mix the logits and the weights are not
+given (None); take them with ``table.disabled()``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def _stats(zc):
+    """``(z - m, log S)``: ``m`` the row maximum (0 where not finite), ``[..., C]`` and ``[...]``."""
+    m = tf.reduce_max(zc, axis=-1, keepdims=True)
+    m = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
+    zs = zc - m
+    return zs, m[..., 0], tf.math.log(tf.reduce_sum(tf.exp(zs), axis=-1))
+
+
+def _guarded(a, zs):
+    """``zs``, with 0 where ``a == 0`` and ``zs`` is infinite (masked classes)."""
+    return tf.where((a == 0) & tf.math.is_inf(zs), tf.zeros_like(zs), zs)
+
+
+def _with_z_loss(loss, m, log_s, zl):
+    """``(loss + zl lse**2, lse)``."""
+    lse = m + log_s
+    return (loss + zl * lse * lse if zl != 0.0 else loss), lse
+
+
+def _gated(a, zs):
+    """``zs``, floored at the most negative finite number where ``a == 0``: ``a * _gated(a, zs)`` is 0 there.
+
+    Plain arithmetic instead of a select (as in ``dense_jax._gated``): the floor
+    ``-big (1 + a big)`` overflows to ``-inf`` for every ``a > 0``, and XLA keeps
+    the product inside the fused reduction instead of writing it out.
+    """
+    big = zs.dtype.max
+    return tf.maximum(zs, -big * (1.0 + a * big))
+
+
+def _dz(z, cdt, coef, sub, m, log_s):
+    """``g (A + 2 zl lse) p - sub`` in ``z``'s dtype; exact second derivative w.r.t. ``z``.
+
+    ``coef = g (A + 2 zl lse)`` and ``sub = g a`` (``[...]`` and ``[..., C]``,
+    built by the caller from ``g``). The fused form reuses the saved ``log S``;
+    its own gradient recomputes ``log S`` from ``z`` and lets TensorFlow
+    differentiate (``coef`` and ``sub`` hold ``g`` and ``lse``: their gradients flow).
+    """
+
+    def plain(z, coef, sub):
+        zc = tf.cast(z, cdt)
+        zs, _, ls = _stats(zc)
+        return tf.cast(coef[..., None] * tf.exp(zs - ls[..., None]) - sub, z.dtype)
+
+    @tf.custom_gradient
+    def fused(z, coef, sub):
+        zs = tf.cast(z, cdt) - m[..., None]
+        out = tf.cast(coef[..., None] * tf.exp(zs - log_s[..., None]) - sub, z.dtype)
+
+        def grad2(u):
+            with tf.GradientTape() as tape:
+                tape.watch([z, coef, sub])
+                o = plain(z, coef, sub)
+            return tape.gradient(o, [z, coef, sub], output_gradients=u)
+
+        return out, grad2
+
+    return fused(z, coef, sub)
+
+
+def sparse_loss(call):
+    """Integer labels: ``on (lse - z_t) + (s / C) sum_c w_c (lse - z_c) + zl lse**2``, ``on = (1 - s) w_t``."""
+    if call.gamma != 0.0:
+        return None
+    z, t, w_t, cw, keep, s, zl, cdt = (call.z, call.labels, call.w_t, call.cw, call.keep, call.s,
+                                       call.zl, call.cdt)
+    C = call.num_classes
+    sc = s / C
+    if keep is not None:
+        z = tf.where(keep[..., None], z, tf.zeros_like(z))
+    smooth_cw = s != 0.0 and cw is not None
+    inputs = [z] + ([w_t] if w_t is not None else []) + ([cw] if smooth_cw else [])
+
+    @tf.custom_gradient
+    def f(*xs):
+        z = xs[0]
+        wt = xs[1] if w_t is not None else None
+        cwi = xs[-1] if smooth_cw else None
+        zs, m, log_s = _stats(tf.cast(z, cdt))
+        zt = tf.gather(zs, tf.cast(t, tf.int32)[..., None], batch_dims=len(t.shape))[..., 0]
+        on = (1.0 - s) if wt is None else (1.0 - s) * wt
+        A = on
+        loss = on * (log_s - zt)
+        if s != 0.0:
+            total = float(C) if cwi is None else tf.reduce_sum(cwi)
+            A = on + sc * total
+            dot = tf.reduce_sum(zs, axis=-1) if cwi is None else tf.reduce_sum(
+                cwi * _gated(cwi, zs), axis=-1)
+            loss = loss + sc * (total * log_s - dot)
+        loss, lse = _with_z_loss(loss, m, log_s, zl)
+
+        def grad(g):
+            g = tf.cast(g, cdt)
+            coef = g * (A + 2.0 * zl * lse) if zl != 0.0 else g * A
+            sub = tf.one_hot(t, C, dtype=cdt) * (g * on)[..., None]
+            if s != 0.0:
+                sub = sub + (g * sc)[..., None] * (1.0 if cwi is None else cwi)
+            out = [_dz(z, cdt, coef, sub, m, log_s)]
+            if wt is not None:
+                out.append(g * (1.0 - s) * (log_s - zt))
+            if cwi is not None:
+                zs = tf.cast(z, cdt) - m[..., None]  # recomputed: nothing [..., C] is saved
+                d = g[..., None] * _guarded(cwi, log_s[..., None] - zs)
+                out.append(sc * tf.reshape(tf.reduce_sum(tf.reshape(d, (-1, C)), axis=0), (C,)))
+            return out
+
+        return loss, grad
+
+    return f(*inputs)
+
+
+def dense_loss(call):
+    """Probability labels: ``sum_c a_c (lse - z_c) + zl lse**2``, ``a = ((1 - s) y + s / C) w``."""
+    if call.gamma != 0.0:
+        return None
+    z, y, cw, keep, s, zl, cdt = call.z, call.labels, call.cw, call.keep, call.s, call.zl, call.cdt
+    if tuple(y.shape) != tuple(z.shape):
+        return None
+    C = call.num_classes
+    a = tf.cast(y, cdt)
+    if s != 0.0:
+        a = (1.0 - s) * a + s / C
+    if cw is not None:
+        a = a * cw
+    if keep is not None:
+        z = tf.where(keep[..., None], z, tf.zeros_like(z))
+        a = tf.where(keep[..., None], a, tf.zeros_like(a))
+
+    @tf.custom_gradient
+    def f(z, ai):
+        zs, m, log_s = _stats(tf.cast(z, cdt))
+        A = tf.reduce_sum(ai, axis=-1)
+        loss = A * log_s - tf.reduce_sum(ai * _gated(ai, zs), axis=-1)
+        loss, lse = _with_z_loss(loss, m, log_s, zl)
+
+        def grad(g):
+            g = tf.cast(g, cdt)
+            coef = g * (A + 2.0 * zl * lse) if zl != 0.0 else g * A
+            out = [_dz(z, cdt, coef, g[..., None] * ai, m, log_s)]
+            zs = tf.cast(z, cdt) - m[..., None]  # recomputed: nothing [..., C] is saved
+            out.append(g[..., None] * _guarded(ai, log_s[..., None] - zs))
+            return out
+
+        return loss, grad
+
+    return f(z, a)
+
+
+def sigmoid_loss(call):
+    return None

@@ -1,0 +1,244 @@
+"""The fused TensorFlow kernels of the softmax losses (src/xent/_kernels/dense_tf.py).
+
+Values and GradientTape gradients against the reference composition
+(``table.disabled()``), a float64 formula and TensorFlow's own ops, eager,
+under ``tf.function`` and ``jit_compile=True``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import xent  # noqa: E402
+from xent._kernels import table  # noqa: E402
+
+RNG = np.random.default_rng(3)
+Z = RNG.normal(size=(6, 5)) * 3
+T = RNG.integers(0, 5, 6)
+Y = RNG.dirichlet(np.ones(5), 6)
+CW = RNG.random(5) + 0.5
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    taken = []
+    orig = table.fused
+
+    def wrapper(loss, call):
+        out = orig(loss, call)
+        taken.append((loss, out is not None))
+        return out
+
+    monkeypatch.setattr(table, "fused", wrapper)
+    return taken
+
+
+def _grads(fn, z, *watched, mode="eager"):
+    def body(z, *w):
+        with tf.GradientTape() as tape:
+            tape.watch([z, *w])
+            loss = fn(z, *w)
+        return [loss] + tape.gradient(loss, [z, *w])
+
+    if mode != "eager":
+        body = tf.function(body, jit_compile=(mode == "jit"))
+    return [None if v is None else tf.convert_to_tensor(v).numpy() for v in body(z, *watched)]
+
+
+def _both(fn, z, *watched, mode="eager"):
+    fused = _grads(fn, z, *watched, mode=mode)
+    with table.disabled():
+        ref = _grads(fn, z, *watched, mode=mode)
+    return fused, ref
+
+
+CASES = {
+    "sparse": lambda z, cw: xent.sparse_softmax_cross_entropy(z, tf.constant(T)),
+    "sparse_all": lambda z, cw: xent.sparse_softmax_cross_entropy(
+        z, tf.constant(T), class_weight=cw, label_smoothing=0.2, z_loss=0.01),
+    "sparse_ws": lambda z, cw: xent.sparse_softmax_cross_entropy(
+        z, tf.constant(T), class_weight=cw, reduction="none"),
+    "dense": lambda z, cw: xent.softmax_cross_entropy(z, tf.constant(Y)),
+    "dense_all": lambda z, cw: xent.softmax_cross_entropy(
+        z, tf.constant(Y), class_weight=cw, label_smoothing=0.2, z_loss=0.01, reduction="sum"),
+}
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_reference(name, mode, spy):
+    fused, ref = _both(CASES[name], tf.constant(Z), tf.constant(CW), mode=mode)
+    assert any(taken for _, taken in spy)
+    for a, b in zip(fused, ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _formula(z, a, zl=0.0):
+    m = z.max(-1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(-1))
+    p = np.exp(z - lse[:, None])
+    A = a.sum(-1)
+    return (a * (lse[:, None] - z)).sum(-1) + zl * lse ** 2, (A + 2 * zl * lse)[:, None] * p - a
+
+
+def test_float64_formula_and_label_gradient():
+    s, zl = 0.2, 0.01
+    a = ((1 - s) * Y + s / 5) * CW
+    val, dz = _formula(Z, a, zl)
+    y = tf.constant(Y)
+    loss, gz, gy = _grads(lambda z, y: xent.softmax_cross_entropy(
+        z, y, class_weight=CW, label_smoothing=s, z_loss=zl, reduction="none"), tf.constant(Z), y)
+    np.testing.assert_allclose(loss, val, rtol=1e-12)
+    np.testing.assert_allclose(gz, dz, rtol=1e-10, atol=1e-13)
+    m = Z.max(-1, keepdims=True)
+    lse = m + np.log(np.exp(Z - m).sum(-1, keepdims=True))
+    np.testing.assert_allclose(gy, (1 - s) * CW * (lse - Z), rtol=1e-10)
+    at = (1 - s) * CW[T][:, None] * np.eye(5)[T] + s / 5 * CW
+    val, dz = _formula(Z, at, zl)
+    loss, gz = _grads(lambda z: xent.sparse_softmax_cross_entropy(
+        z, tf.constant(T), class_weight=CW, label_smoothing=s, z_loss=zl, reduction="none"),
+        tf.constant(Z))
+    np.testing.assert_allclose(loss, val, rtol=1e-12)
+    np.testing.assert_allclose(gz, dz, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_matches_tf_ops(mode):
+    z32 = tf.constant(Z, tf.float32)
+    ours = _grads(lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(T), reduction="none"),
+                  z32, mode=mode)
+    theirs = _grads(lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.constant(T), logits=z), z32, mode=mode)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    y = tf.constant(Y, tf.float32)
+    ours = _grads(lambda z, y: xent.softmax_cross_entropy(z, y, reduction="none"), z32, y, mode=mode)
+    theirs = _grads(lambda z, y: tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z),
+                    z32, y, mode=mode)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_masks_and_extremes():
+    z = Z.copy()
+    z[:, 4] = -np.inf                   # a masked class, never the label
+    t = np.where(T == 4, 0, T)
+    y = Y.copy()
+    y[:, 0] += y[:, 4]
+    y[:, 4] = 0
+    z[0, :2] = [1e4, -1e4]
+    for fn in (lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(t), z_loss=0.01),
+               lambda z: xent.softmax_cross_entropy(z, tf.constant(y), class_weight=CW)):
+        for dt in (tf.float32, tf.float64):
+            fused, ref = _both(fn, tf.constant(z, dt))
+            for a, b in zip(fused, ref):
+                assert np.isfinite(a).all()
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            assert (fused[1][:, 4] == 0).all()
+
+
+@pytest.mark.parametrize("dt", ["float16", "bfloat16"])
+def test_half_precision(dt):
+    z = tf.cast(tf.constant(Z), dt)
+    for fn in (lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(T), label_smoothing=0.1),
+               lambda z: xent.softmax_cross_entropy(z, tf.constant(Y, tf.float32))):
+        fused, ref = _both(fn, z)
+        out = fn(z)
+        assert out.dtype == z.dtype
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = fn(z)
+        assert tape.gradient(loss, z).dtype == z.dtype
+        for a, b in zip(fused, ref):
+            np.testing.assert_allclose(np.float64(a), np.float64(b), rtol=1e-2, atol=1e-3)
+
+
+def test_zero_weight_nan_padding_and_all_ignored():
+    z = Z.copy()
+    z[2] = np.nan
+    sw = np.ones(6)
+    sw[2] = 0
+    for fn in (lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(T), sample_weight=sw,
+                                                           label_smoothing=0.1),
+               lambda z: xent.softmax_cross_entropy(z, tf.constant(Y), sample_weight=sw,
+                                                    class_weight=CW)):
+        fused, ref = _both(fn, tf.constant(z))
+        for a, b in zip(fused, ref):
+            assert np.isfinite(a).all()
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        assert (fused[1][2] == 0).all()
+    ign = np.full(6, -100)
+    fused, ref = _both(lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(ign),
+                                                                   ignore_index=-100),
+                       tf.constant(Z))
+    for a, b in zip(fused, ref):
+        np.testing.assert_array_equal(a, b)
+    assert (fused[1] == 0).all()
+
+
+def test_second_derivative_wrt_logits():
+    wgt = tf.constant(RNG.random(Z.shape))
+
+    def hv(fn):
+        z = tf.constant(Z)
+        with tf.GradientTape() as outer:
+            outer.watch(z)
+            with tf.GradientTape() as inner:
+                inner.watch(z)
+                loss = fn(z)
+            total = tf.reduce_sum(inner.gradient(loss, z) * wgt)
+        return outer.gradient(total, z).numpy()
+
+    for fn in (lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(T), z_loss=0.01,
+                                                           label_smoothing=0.1),
+               lambda z: xent.softmax_cross_entropy(z, tf.constant(Y), z_loss=0.01)):
+        ours = hv(fn)
+        with table.disabled():
+            ref = hv(fn)
+        assert np.abs(ref).max() > 1e-3
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_declines_focal(spy):
+    xent.sparse_softmax_cross_entropy(tf.constant(Z), tf.constant(T), focal_gamma=2.0)
+    xent.softmax_cross_entropy(tf.constant(Z), tf.constant(Y), focal_gamma=2.0)
+    assert spy == [("sparse", False), ("dense", False)]
+    xent.sparse_softmax_cross_entropy(tf.constant(Z), tf.constant(T))
+    assert spy[-1] == ("sparse", True)
+
+
+def _nc_buffers(fn, z):
+    """The ``[N, C]`` arrays XLA materializes for fwd+bwd: instructions of the entry computation."""
+    @tf.function(jit_compile=True)
+    def step(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = tf.reduce_sum(fn(z))
+        return loss, tape.gradient(loss, z)
+
+    hlo = step.experimental_get_compiler_ir(z)(stage="optimized_hlo")
+    entry = hlo[hlo.find("ENTRY"):]
+    n, c = z.shape
+    return sum(1 for line in entry.splitlines()
+               if "=" in line and f"[{n},{c}]" in line.split("=", 1)[1].split("(")[0]
+               and "parameter(" not in line)
+
+
+def test_xla_materializes_no_more_nc_buffers_than_tf():
+    z = tf.constant(RNG.normal(size=(64, 96)), tf.float32)
+    t = tf.constant(RNG.integers(0, 96, 64))
+    y = tf.nn.softmax(tf.constant(RNG.normal(size=(64, 96)), tf.float32))
+    pairs = [
+        (lambda z: xent.sparse_softmax_cross_entropy(z, t, reduction="none"),
+         lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=z)),
+        (lambda z: xent.softmax_cross_entropy(z, y, reduction="none"),
+         lambda z: tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z)),
+    ]
+    for ours, theirs in pairs:
+        a, b = _nc_buffers(ours, z), _nc_buffers(theirs, z)
+        assert 1 <= a <= b, (a, b)
