@@ -86,7 +86,7 @@ def test_no_library_name_branches_outside_backend():
     assert not bad, f"library-name branches: {bad}"
 
 
-_FUSED_MODULES = ("dense_torch", "dense_numpy", "dense_jax", "linear_torch", "linear_jax",
+_FUSED_MODULES = ("dense_torch", "dense_numpy", "dense_jax", "dense_tf", "linear_torch", "linear_jax",
                   "linear_tf", "sampled_torch")
 
 
