@@ -26,6 +26,8 @@ def shape_of(x: Any) -> tuple[int, ...]:
     shape = x.shape
     if type(shape) is tuple:  # NumPy, JAX: already Python ints
         return shape
+    if isinstance(shape, tuple):  # torch.Size: a tuple of ints already
+        return tuple(shape)
     return tuple(int(d) for d in shape)
 
 
