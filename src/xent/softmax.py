@@ -24,8 +24,8 @@ def _options(label_smoothing: Any, focal_gamma: Any, z_loss: Any, reduction: Any
 
 def _prepare(be: Backend, logits: Any, axis: int, sample_weight: Any, valid: Any):
     """Common set-up: class axis last (in the logits' dtype), and the compute dtype."""
-    ax = validate.axis(axis, len(validate.shape_of(logits)))
     shape = validate.shape_of(logits)
+    ax = validate.axis(axis, len(shape))
     if shape[ax] == 0:
         raise ValueError(f"logits must have at least one class along axis {axis}, got shape {shape}")
     z = be.moveaxis(logits, ax, -1) if ax != len(shape) - 1 else logits

@@ -26,7 +26,7 @@ A zero denominator gives 0 and zero gradients, never NaN.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import math
 
@@ -125,8 +125,42 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
     return out
 
 
+class Reduced(NamedTuple):
+    """A kernel's result that is already the reduced value (see :func:`plain_reduction`)."""
+
+    value: Any
+
+
+def plain_reduction(call: Any) -> str | None:
+    """``"mean"`` or ``"sum"`` when the call's reduction is the plain mean or sum, else None.
+
+    Plain: no sample weights, normalizing weights, ignored elements or
+    normalizer, and at least one element, so every element counts 1 and
+    ``"mean"``, ``"sum_over_batch_size"`` and ``"sum_by_nonzero_weights"``
+    all divide by the element count. A kernel may then return
+    ``Reduced(value)`` from one fused operator (``F.cross_entropy``'s own
+    mean: one backward node less than a per-element loss and a mean), and
+    :func:`finish` only casts it. A kernel that returns a per-element loss
+    instead is reduced as usual.
+    """
+    red = call.reduction
+    if (red == "none" or call.sw is not None or call.norm is not None or call.valid is not None
+            or call.normalizer is not None):
+        return None
+    if red == "sum":
+        return "sum"
+    return "mean" if math.prod(validate.shape_of(call.z)) > 0 else None
+
+
 def finish(call: Any, loss: Any) -> Any:
-    """Reduce the per-element ``loss`` of a validated call (``xent._core.record``) as it says."""
+    """Reduce the per-element ``loss`` of a validated call (``xent._core.record``) as it says.
+
+    A :class:`Reduced` loss is the reduced value already: it is only cast to
+    the output dtype.
+    """
+    if type(loss) is Reduced:
+        out = loss.value
+        return out if call.out_dtype is None else call.be.astype(out, call.out_dtype)
     return reduce(call.be, loss, reduction=call.reduction, sample_weight=call.sw, norm=call.norm,
                   valid=call.valid, out_dtype=call.out_dtype, normalizer=call.normalizer)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._core.backend import Backend
+from .._core.reduce import Reduced, plain_reduction
 from .._core.record import Call, LinearCall
 from .rows import safe_product
 
@@ -37,6 +38,11 @@ def sparse(call: Call) -> Any:
     C = call.num_classes
     z = _masked(be, be.astype(call.z, call.cdt), call.keep, True)
     if s == 0.0 and gamma == 0.0 and zl == 0.0:
+        if w_t is None and call.keep is None:
+            red = plain_reduction(call)
+            if red is not None:
+                # the plain mean / sum in one operator (torch: F.cross_entropy)
+                return Reduced(be.label_nll_reduced(z, t, red))
         nll = be.label_nll(z, t)
         return nll if w_t is None else nll * w_t
     zs, lse_s, m = be.log_normalizer(z)
