@@ -72,3 +72,26 @@ def test_compiled_out_of_range_label_is_an_in_graph_assertion():
                       backend="aot_eager")
     with pytest.raises(RuntimeError, match="labels must be class indices"):
         f(torch.zeros(2, 3), torch.tensor([0, 7]))
+
+
+def test_compiles_after_other_libraries_filled_the_dtype_caches():
+    # regression: a per-dtype cache shared by every library held TensorFlow's
+    # DType keys after a TF call, and Dynamo cannot hash those ("Untraceable C
+    # tp_hash"), so every torch loss compiled after a TF loss broke the graph
+    tf = pytest.importorskip("tensorflow")
+    import numpy as np
+
+    xent.sparse_softmax_cross_entropy(tf.zeros([2, 3]), tf.constant([0, 2]))
+    xent.sparse_softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 2]))
+    z = torch.randn(4, 5, requires_grad=True)
+    t = torch.tensor([0, 4, 2, 1])
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, b: xent.sparse_softmax_cross_entropy(a, b), fullgraph=True,
+                       backend="aot_eager")
+    got = fn(z, t)
+    z64 = z.detach().double().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(z64, t)
+    assert torch.allclose(got.double(), ref, rtol=1e-6)
+    (gz,) = torch.autograd.grad(got, z)
+    (rz,) = torch.autograd.grad(ref, z64)
+    assert torch.allclose(gz.double(), rz, rtol=1e-5, atol=1e-7)

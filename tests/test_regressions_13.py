@@ -478,3 +478,11 @@ def test_keras_order_one_hot_floats_first_says_did_you_pass_labels_first(be, fn)
     with pytest.raises(ValueError) as err:  # out-of-range labels with real logits: no hint
         getattr(xent, fn)(be.asarray(z), be.asarray(z))
     assert "labels first" not in str(err.value)
+
+
+def test_all_zero_logits_with_bad_labels_get_no_labels_first_hint():
+    # zero logits (a fresh model's) hold only 0s: that is not a sign of swapped arrays
+    with pytest.raises(ValueError) as err:
+        xent.sigmoid_cross_entropy(np.zeros(2), np.array([0.0, 2.0]))
+    assert "labels must be in [0, 1]" in str(err.value)
+    assert "labels first" not in str(err.value)

@@ -82,7 +82,7 @@ _SWAPPED = ("; did you pass labels first? xent takes (logits, labels): the first
 
 
 def _all_zero_one(x: Any) -> bool:
-    """Whether ``x`` holds only 0s and 1s (read on the error path only)."""
+    """Whether ``x`` holds only 0s and 1s, some 1 among them (read on the error path only)."""
     import numpy as np
 
     try:
@@ -91,7 +91,8 @@ def _all_zero_one(x: Any) -> bool:
         a = np.asarray(x, dtype=np.float64)
     except Exception:  # a tracer, or something NumPy cannot read: no hint
         return False
-    return a.size > 0 and bool(np.all((a == 0) | (a == 1)))
+    # at least one 1: all-zero logits (a fresh model's) are not labels
+    return a.size > 0 and bool(np.all((a == 0) | (a == 1))) and bool(np.any(a == 1))
 
 
 def hinted(fn: Callable) -> Callable:

@@ -311,17 +311,16 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
     )
 
 
-#: dtype -> whether it holds integers (decided once per dtype)
-_INTEGER: dict = {}
-
-
 def integer_labels(be: Backend, labels: Any, name: str = "labels", hint: str = "") -> None:
+    # decided once per dtype, in a cache of this backend's own (torch.compile
+    # traces the lookup: a dict shared with TensorFlow's dtypes would not trace)
+    known = be.__dict__.setdefault("_integer_dtypes", {})
     dt = labels.dtype
-    if _INTEGER.get(dt):
+    if known.get(dt):
         return
     name_ = be.dtype_name(dt)
-    _INTEGER[dt] = name_.startswith(("int", "uint"))
-    if not _INTEGER[dt]:
+    known[dt] = name_.startswith(("int", "uint"))
+    if not known[dt]:
         msg = f"{name} must hold integer class indices, got dtype {name_}"
         raise TypeError(msg + (f"; {hint}" if hint else ""))
 
