@@ -24,7 +24,7 @@ from ..registry import case
 
 FULL = dict(n=8192, c=32768)
 SIZES_SPARSE = {
-    "quick": [dict(n=1024, c=8192)],
+    "quick": [dict(n=512, c=4096)],
     "full": [FULL],
     "sweep": [dict(n=1024, c=4096), dict(n=2048, c=8192), dict(n=4096, c=16384), FULL],
 }

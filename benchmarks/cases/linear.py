@@ -28,7 +28,7 @@ from ..registry import case
 FULL = dict(n=4096, d=1024, v=65536)
 FULL_WIDE = dict(n=8192, d=512, v=131072)
 SIZES = {
-    "quick": [dict(n=1024, d=256, v=8192)],
+    "quick": [dict(n=512, d=128, v=4096)],
     # the two headline sizes; the growth with V is the "sweep" (slow: ~15 min)
     "full": [FULL, FULL_WIDE],
     "sweep": [dict(n=4096, d=1024, v=16384), FULL, dict(n=4096, d=1024, v=131072)],

@@ -22,9 +22,9 @@ import numpy as np
 
 from ..registry import case
 
-CE_SIZES = {"quick": [dict(n=1024, c=4096)], "full": [dict(n=8192, c=32768)],
+CE_SIZES = {"quick": [dict(n=512, c=2048)], "full": [dict(n=8192, c=32768)],
             "sweep": [dict(n=8192, c=1024), dict(n=8192, c=32768)]}
-LIN_SIZES = {"quick": [dict(n=1024, d=256, v=8192)], "full": [dict(n=4096, d=1024, v=65536)],
+LIN_SIZES = {"quick": [dict(n=512, d=128, v=4096)], "full": [dict(n=4096, d=1024, v=65536)],
              "sweep": [dict(n=4096, d=1024, v=16384), dict(n=4096, d=1024, v=65536)]}
 
 
