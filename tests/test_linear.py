@@ -677,28 +677,37 @@ def test_jax_token_blocks_equal_naive(rng, monkeypatch, opt, reduction):
             np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
 
 
-def test_jax_token_blocks_classifier_gradient_in_vocabulary_slices(rng, monkeypatch):
+@pytest.mark.parametrize("bias", [True, False])
+def test_jax_token_blocks_in_vocabulary_slices(rng, monkeypatch, bias):
     from xent._kernels import linear_jax
     from xent._kernels.linear_rows import Opts
 
     monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
-    # 8-row blocks and D = 20: dW is added in slices of 8 * 300 // 20 = 120 rows (2 + a
-    # remainder of 60), in a loop
-    n, d, v, chunk = 37, 20, 300, 200
-    assert linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64) == 8
+    # D = 19: the blocks' dl/dz and their products are formed in vocabulary slices, whose
+    # last one is clamped to end at V (24 slices of 13 columns with a bias, 16 of 19
+    # without), and the last block is clamped to end at N (8 / 13 rows of 37)
+    n, d, v, chunk = 37, 19, 300, 200
+    B = linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64, bias)
+    assert B == (8 if bias else 13)
+    assert linear_jax.slice_cols(B, d, v) == (13 if bias else 19)
+    assert v % linear_jax.slice_cols(B, d, v) != 0 and n % B != 0
     x = jnp.asarray(rng.normal(size=(n, d)))
     W = jnp.asarray(rng.normal(size=(v, d)) / 4)
-    b = jnp.asarray(rng.normal(size=v))
+    b = jnp.asarray(rng.normal(size=v)) if bias else None
     t = jnp.asarray(rng.integers(0, v, n))
+    sw = jnp.asarray(rng.uniform(0.0, 2.0, n)).at[5].set(0.0)
 
     def fast(x, W, b):
-        return xent.linear_cross_entropy(x, W, t, bias=b, chunk_size=chunk, label_smoothing=0.1)
+        return xent.linear_cross_entropy(x, W, t, bias=b, chunk_size=chunk, label_smoothing=0.1,
+                                         sample_weight=sw)
 
     def slow(x, W, b):
-        return xent.sparse_softmax_cross_entropy(x @ W.T + b, t, label_smoothing=0.1)
+        z = x @ W.T + (0 if b is None else b)
+        return xent.sparse_softmax_cross_entropy(z, t, label_smoothing=0.1, sample_weight=sw)
 
-    vg, gg = jax.value_and_grad(fast, (0, 1, 2))(x, W, b)
-    vw, gw = jax.value_and_grad(slow, (0, 1, 2))(x, W, b)
+    argn = (0, 1, 2) if bias else (0, 1)
+    vg, gg = jax.jit(jax.value_and_grad(fast, argn))(x, W, b)
+    vw, gw = jax.value_and_grad(slow, argn)(x, W, b)
     np.testing.assert_allclose(vg, vw, rtol=1e-10)
     for a, e in zip(gg, gw):
         np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
