@@ -677,20 +677,20 @@ def test_jax_token_blocks_equal_naive(rng, monkeypatch, opt, reduction):
             np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_jax_token_blocks_in_vocabulary_slices(rng, monkeypatch, bias):
+@pytest.mark.parametrize("bias,d,B,cols", [(True, 19, 8, 22), (False, 21, 13, 28)])
+def test_jax_token_blocks_in_vocabulary_slices(rng, monkeypatch, bias, d, B, cols):
     from xent._kernels import linear_jax
     from xent._kernels.linear_rows import Opts
 
     monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
-    # D = 19: the blocks' dl/dz and their products are formed in vocabulary slices, whose
-    # last one is clamped to end at V (24 slices of 13 columns with a bias, 16 of 19
+    # the blocks' dl/dz is formed in vocabulary slices, a last narrower one taking the
+    # remainder (13 of 22 columns and a last of 14 with a bias, 10 of 28 and a last of 20
     # without), and the last block is clamped to end at N (8 / 13 rows of 37)
-    n, d, v, chunk = 37, 19, 300, 200
-    B = linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64, bias)
-    assert B == (8 if bias else 13)
-    assert linear_jax.slice_cols(B, d, v) == (13 if bias else 19)
-    assert v % linear_jax.slice_cols(B, d, v) != 0 and n % B != 0
+    n, v, chunk = 37, 300, 200
+    # with a bias or not, with sample weights (below)
+    assert linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64, bias, True) == B
+    assert linear_jax.slice_cols(B, d, v) == cols
+    assert v % cols != 0 and n % B != 0
     x = jnp.asarray(rng.normal(size=(n, d)))
     W = jnp.asarray(rng.normal(size=(v, d)) / 4)
     b = jnp.asarray(rng.normal(size=v)) if bias else None

@@ -15,15 +15,16 @@ When the reduction promises a cotangent proportional to the sample weights
 (``g_like``) and blocks of at least ``MIN_BLOCK_ROWS`` rows fit the budget,
 the token-blocked layout of the torch kernel runs instead (``_fused``): three
 products per block, the gradients formed in the forward pass. A block's
-``[B, V]`` products are its one large buffer; its ``dl/dz`` is formed from
-them a vocabulary slice at a time (``slice_cols``), each slice adding its
-products into the block's ``dX`` and into its own rows of ``dW``, so the
-blocks are about 2.4 times as tall as with a whole ``[B, V]`` ``dl/dz``
-(XLA's CPU products are slow when the block, their contracted dimension for
-``dW``, is thin). Compiled (``jax.jit(jax.value_and_grad(...))``) at N=4096,
-D=1024, V=65536 it keeps 9.3% of the logits as XLA scratch (293-row blocks,
-32 slices), at N=8192, D=512, V=131072 9.0% (586-row blocks, 11 slices);
-the naive ``optax`` composition 200%.
+``[B, V]`` products are its one large buffer: its ``dl/dz`` is formed a
+vocabulary slice at a time (``slice_cols``) in their place, each slice
+adding its product into its rows of ``dW``, then ``dX`` of the block is one
+product with the whole ``dl/dz``. The blocks are about 2.2 times as tall as
+with separate ``[B, V]`` buffers for the logits, their exponentials and
+``dl/dz`` (XLA's CPU products are slow when the block, the contracted
+dimension for ``dW``, is thin). Compiled (``jax.jit(jax.value_and_grad(...))``)
+at N=4096, D=1024, V=65536 it keeps 9.1% of the logits as XLA scratch
+(293-row blocks, 18 slices), at N=8192, D=512, V=131072 8.9% (586-row blocks,
+8 slices); the naive ``optax`` composition 200%.
 """
 
 from __future__ import annotations
@@ -115,20 +116,24 @@ def _backward(x, W, b, t, w_t, cw, lse, g, o: Opts):
 # Token blocks of fewer rows than this make thin products; the vocabulary layout is used then.
 MIN_BLOCK_ROWS = 128
 
-# A vocabulary slice's buffers (its ``dl/dz``, the classifier rows and their product) take
-# at most this fraction of one block's logits.
+# A vocabulary slice's buffers (its ``dl/dz`` and its product with the block) take at most
+# this fraction of one block's logits.
 _SLICE_FRACTION = 0.25
 
 
-def block_rows(n: int, d: int, o: Opts, dtype: Any, bias: bool = False) -> int:
+def block_rows(n: int, d: int, o: Opts, dtype: Any, bias: bool = False,
+               weighted: bool = False) -> int:
     """Rows per token block within the budget of ``n * o.chunk`` logits, or 0 (see torch's).
 
-    The compiled block holds its ``[B, V]`` products ``x_b W^T`` and, for one
-    vocabulary slice at a time, the slice's ``dl/dz`` ``[B, s]``, classifier
-    rows and their product with the block (two ``[s, D]``): at most
-    ``_SLICE_FRACTION`` of the products more (``slice_cols``). With a bias
-    or a softcap XLA also stores the logits formed from the products (its
-    reductions do not fuse them): one more ``[B, V]``. The formed ``dX``,
+    The compiled block holds its ``[B, V]`` products ``x_b W^T`` (``dl/dz``
+    replaces them in place, a vocabulary slice at a time) and, for one slice
+    at a time, the slice's ``dl/dz`` ``[B, s]`` and its product with the
+    block ``[s, D]``: at most ``_SLICE_FRACTION`` of the products more
+    (``slice_cols``). With a bias or a softcap XLA also stores the logits
+    formed from the products (its reductions do not fuse them), and with
+    label smoothing it copies the products (the loss reads them for its sum
+    as well as the loop): one more ``[B, V]`` each; with sample weights
+    (``weighted``) an ``[N, D]`` more. The formed ``dX``,
     ``dW`` are the returned gradients (XLA writes them into the output
     buffers, and the backward pass's scaling reuses them), so they do not
     count.
@@ -136,24 +141,27 @@ def block_rows(n: int, d: int, o: Opts, dtype: Any, bias: bool = False) -> int:
     if dtype in (jnp.float16, jnp.bfloat16) or n == 0:
         return 0
     held = 1.0 + _SLICE_FRACTION + (1.0 if bias or o.softcap is not None else 0.0)
+    if o.smoothing != 0.0:  # the loss reads the products for its sum: XLA copies them
+        held += 1.0
     # per row: the logits, the slice's share, the block's dX and its product ([B, D] each);
     # 5% of the budget is left for XLA's smaller buffers
-    most = int(0.95 * n * o.chunk / (held * o.num_classes + 2 * d))
+    most = int((0.95 * n * o.chunk - (n * d if weighted else 0)) / (held * o.num_classes + 2 * d))
     return even_blocks(n, most, MIN_BLOCK_ROWS)
 
 
 def slice_cols(B: int, d: int, nv: int) -> int:
-    """Vocabulary columns per slice of a ``B``-row block: ``s (B + 2 D) <= B V / 4``, as
-    even as the fewest slices allow (the last one is clamped to end at ``V``)."""
-    most = max(1, min(nv, int(_SLICE_FRACTION * B * nv) // (B + 2 * d)))
+    """Vocabulary columns per slice of a ``B``-row block: ``s (B + D) <= B V / 4``, as
+    even as the fewest slices allow (a last, narrower slice takes the remainder)."""
+    most = max(1, min(nv, int(_SLICE_FRACTION * B * nv) // (B + d)))
     return -(-nv // -(-nv // most))
 
 
 def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
     """Token-blocked forward that also forms ``dX`` (per row) and the ``sw``-weighted
-    ``dW``, ``db``: per block of ``B`` rows one product for the logits, then per
-    vocabulary slice its ``dl/dz`` (from the logits) and two products, for the
-    block's ``dX`` and the slice's rows of ``dW``."""
+    ``dW``, ``db``: per block of ``B`` rows the product for the logits, their row
+    statistics, then per vocabulary slice its ``dl/dz``, written over the slice's
+    products, and its product into the slice's rows of ``dW``; last the block's
+    ``dX`` from the whole ``dl/dz``. Three products per block, two of them whole."""
     n, D = x.shape
     nv = o.num_classes
     s = o.smoothing
@@ -163,7 +171,6 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
     sw_all = jnp.ones((n,), dt) if sw is None else sw.astype(dt)
     nb = -(-n // B)
     sc = slice_cols(B, D, nv)
-    ns = -(-nv // sc)
 
     def body(carry, k):
         loss, dX, dW, db = carry
@@ -171,12 +178,14 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
         xb = lax.dynamic_slice_in_dim(x, r0, B, 0)
         tb = lax.dynamic_slice_in_dim(t, r0, B)
         wt = lax.dynamic_slice_in_dim(wt_all, r0, B)
-        # the products: the one [B, V] buffer of the block; the bias and the cap are
-        # applied where the logits are read (fused there), not stored a second time
+        # the products: the block's one [B, V] buffer, overwritten by dl/dz below (the
+        # logits with a bias or a cap are a second one: XLA's reductions do not fuse them)
         ur = lax.dot_general(xb, W, (((1,), (1,)), ((), ())))
         u = softcap(jnp, ur if b is None else ur + b[None, :], o)
         m = jnp.max(u, axis=1)
-        zt_rel = jnp.take_along_axis(u, tb[:, None], axis=1)[:, 0] - m
+        # the label's logit as a row-wise product: a gather from the products would be
+        # one more reader of their buffer, which the slice loop overwrites, and XLA would copy it
+        zt_rel = label_logit(jnp, xb, W, b, tb, dt, o) - m
         sm = None
         if s != 0.0:
             zr = u - m[:, None]
@@ -191,36 +200,37 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
         swb = jnp.where(r0 + jnp.arange(B) >= k * B, swb, 0.0)  # rows the block before added
         xw = xb * swb[:, None]
 
-        def part(j, acc):
-            dXb, dW, db = acc
-            c0 = jnp.minimum(j * sc, nv - sc)
-            cols = c0 + jnp.arange(sc)
-            uc = lax.dynamic_slice_in_dim(ur, c0, sc, 1)
+        def part(c0, size, acc):
+            """Columns ``c0 : c0 + size``: their ``dl/dz`` replaces their products in ``ur``
+            (read once, in place) and adds its product into their rows of ``dW``."""
+            ur, dW = acc
+            cols = c0 + jnp.arange(size)
+            uc = lax.dynamic_slice_in_dim(ur, c0, size, 1)
             if b is not None:
-                uc = uc + lax.dynamic_slice_in_dim(b, c0, sc)[None, :]
+                uc = uc + lax.dynamic_slice_in_dim(b, c0, size)[None, :]
             uc = softcap(jnp, uc, o)
             dz = jnp.exp(uc - lse[:, None]) * ga[:, None]
             dz = dz + jnp.where(cols[None, :] == tb[:, None], gt, 0.0)
             if s != 0.0:
-                cwc = (jnp.ones((sc,), dt) if cw is None
-                       else lax.dynamic_slice_in_dim(cw, c0, sc))
+                cwc = (jnp.ones((size,), dt) if cw is None
+                       else lax.dynamic_slice_in_dim(cw, c0, size))
                 dz = dz - (s / nv) * cwc[None, :]
             if o.softcap is not None:
                 th = uc / o.softcap
                 dz = dz * (1.0 - th * th)
-            # columns the slice before counted (the last slice, clamped)
-            dz = jnp.where((cols >= j * sc)[None, :], dz, 0.0)
-            Wc = lax.dynamic_slice_in_dim(W, c0, sc, 0)
-            dXb = dXb + lax.dot_general(dz, Wc, (((1,), (0,)), ((), ())))
             prod = lax.dot_general(dz, xw, (((0,), (0,)), ((), ())))
             dW = lax.dynamic_update_slice_in_dim(
-                dW, lax.dynamic_slice_in_dim(dW, c0, sc, 0) + prod, c0, 0)
-            if b is not None:
-                db = lax.dynamic_update_slice_in_dim(
-                    db, lax.dynamic_slice_in_dim(db, c0, sc) + swb @ dz, c0, 0)
-            return dXb, dW, db
+                dW, lax.dynamic_slice_in_dim(dW, c0, size, 0) + prod, c0, 0)
+            return lax.dynamic_update_slice_in_dim(ur, dz, c0, 1), dW
 
-        dXb, dW, db = lax.fori_loop(0, ns, part, (jnp.zeros((B, D), dt), dW, db))
+        full = nv // sc
+        acc = lax.fori_loop(0, full, lambda i, acc: part(i * sc, sc, acc), (ur, dW))
+        if nv - full * sc:
+            acc = part(full * sc, nv - full * sc, acc)
+        dz, dW = acc  # the block's whole dl/dz, in the products' buffer
+        dXb = lax.dot_general(dz, W, (((1,), (0,)), ((), ())))
+        if b is not None:
+            db = db + swb @ dz
         loss = lax.dynamic_update_slice_in_dim(loss, lb, r0, 0)
         dX = lax.dynamic_update_slice_in_dim(dX, dXb, r0, 0)
         return (loss, dX, dW, db), None
@@ -284,7 +294,8 @@ def rows(call: Any) -> Any:
     x, W, b, t, w_t, cw = call.x, call.W, call.b, call.t, call.w_t, call.cw
     o, g_like = call.opts, call.g_like
     w_t = w_t if not isinstance(w_t, float) else None
-    B = block_rows(x.shape[0], x.shape[1], o, x.dtype, b is not None) if g_like is not None else 0
+    B = (block_rows(x.shape[0], x.shape[1], o, x.dtype, b is not None,
+                    not isinstance(g_like, float)) if g_like is not None else 0)
     if B:
         sw = None if isinstance(g_like, float) else lax.stop_gradient(g_like)
         return _fused_kernel(o, B)(x, W, b, t, w_t, cw, sw)
