@@ -731,3 +731,44 @@ def test_jax_token_blocks_memory_within_budget(rng, monkeypatch):
     # the budget, plus the formed gradients held until the backward pass
     assert got <= 1.1 * (n * chunk + (v + n) * d) * 4
     assert temp(lambda x, W, t: naive(x, W, t)) >= n * v * 4  # the check can fail
+
+
+def test_jax_token_blocks_masked_classes_by_minus_inf_bias(rng, monkeypatch):
+    from xent._kernels import linear_jax
+    from xent._kernels.linear_rows import Opts
+
+    monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
+    n, d, v, chunk = 37, 5, 300, 200
+    assert 0 < linear_jax.block_rows(n, d, Opts(v, chunk, 0.2, 0.0, None), jnp.float64, True) < n
+    x = rng.normal(size=(n, d))
+    W = rng.normal(size=(v, d))
+    bias = rng.normal(size=v)
+    bias[::3] = -np.inf
+    t = rng.integers(0, v, n)
+    t = np.where(t % 3 == 0, t + 1, t)
+    cw = np.where(np.isinf(bias), 0.0, 1.0)
+    kw = dict(class_weight=jnp.asarray(cw), label_smoothing=0.2)
+    want = ref_loss(x, W, t, bias=bias, class_weight=cw, label_smoothing=0.2, reduction="none")
+    assert np.all(np.isfinite(want))
+    b = jnp.asarray(bias)
+
+    def fast(x, W):  # mean: the token-blocked layout
+        return xent.linear_cross_entropy(x, W, jnp.asarray(t), bias=b, chunk_size=chunk, **kw)
+
+    def slow(x, W):  # per row, then the mean: the vocabulary layout
+        return jnp.mean(xent.linear_cross_entropy(x, W, jnp.asarray(t), bias=b, chunk_size=chunk,
+                                                  reduction="none", **kw))
+
+    args = (jnp.asarray(x), jnp.asarray(W))
+    fused, calls = linear_jax._fused, []
+    monkeypatch.setattr(linear_jax, "_fused", lambda *a: calls.append(1) or fused(*a))
+    vg, gg = jax.jit(jax.value_and_grad(fast, (0, 1)))(*args)
+    assert calls  # the token-blocked layout ran
+    vw, gw = jax.value_and_grad(slow, (0, 1))(*args)
+    assert len(calls) == 1
+    np.testing.assert_allclose(vg, np.mean(want), rtol=1e-10)
+    np.testing.assert_allclose(vw, np.mean(want), rtol=1e-10)
+    for a, e in zip(gg, gw):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(gg[1])[::3], 0.0)  # masked classes: no gradient
