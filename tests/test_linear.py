@@ -677,28 +677,37 @@ def test_jax_token_blocks_equal_naive(rng, monkeypatch, opt, reduction):
             np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
 
 
-def test_jax_token_blocks_classifier_gradient_in_vocabulary_slices(rng, monkeypatch):
+@pytest.mark.parametrize("bias,d,B,cols", [(True, 19, 8, 22), (False, 21, 13, 28)])
+def test_jax_token_blocks_in_vocabulary_slices(rng, monkeypatch, bias, d, B, cols):
     from xent._kernels import linear_jax
     from xent._kernels.linear_rows import Opts
 
     monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
-    # 8-row blocks and D = 20: dW is added in slices of 8 * 300 // 20 = 120 rows (2 + a
-    # remainder of 60), in a loop
-    n, d, v, chunk = 37, 20, 300, 200
-    assert linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64) == 8
+    # the blocks' dl/dz is formed in vocabulary slices, a last narrower one taking the
+    # remainder (13 of 22 columns and a last of 14 with a bias, 10 of 28 and a last of 20
+    # without), and the last block is clamped to end at N (8 / 13 rows of 37)
+    n, v, chunk = 37, 300, 200
+    # with a bias or not, with sample weights (below)
+    assert linear_jax.block_rows(n, d, Opts(v, chunk, 0.0, 0.0, None), jnp.float64, bias, True) == B
+    assert linear_jax.slice_cols(B, d, v) == cols
+    assert v % cols != 0 and n % B != 0
     x = jnp.asarray(rng.normal(size=(n, d)))
     W = jnp.asarray(rng.normal(size=(v, d)) / 4)
-    b = jnp.asarray(rng.normal(size=v))
+    b = jnp.asarray(rng.normal(size=v)) if bias else None
     t = jnp.asarray(rng.integers(0, v, n))
+    sw = jnp.asarray(rng.uniform(0.0, 2.0, n)).at[5].set(0.0)
 
     def fast(x, W, b):
-        return xent.linear_cross_entropy(x, W, t, bias=b, chunk_size=chunk, label_smoothing=0.1)
+        return xent.linear_cross_entropy(x, W, t, bias=b, chunk_size=chunk, label_smoothing=0.1,
+                                         sample_weight=sw)
 
     def slow(x, W, b):
-        return xent.sparse_softmax_cross_entropy(x @ W.T + b, t, label_smoothing=0.1)
+        z = x @ W.T + (0 if b is None else b)
+        return xent.sparse_softmax_cross_entropy(z, t, label_smoothing=0.1, sample_weight=sw)
 
-    vg, gg = jax.value_and_grad(fast, (0, 1, 2))(x, W, b)
-    vw, gw = jax.value_and_grad(slow, (0, 1, 2))(x, W, b)
+    argn = (0, 1, 2) if bias else (0, 1)
+    vg, gg = jax.jit(jax.value_and_grad(fast, argn))(x, W, b)
+    vw, gw = jax.value_and_grad(slow, argn)(x, W, b)
     np.testing.assert_allclose(vg, vw, rtol=1e-10)
     for a, e in zip(gg, gw):
         np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
@@ -722,3 +731,44 @@ def test_jax_token_blocks_memory_within_budget(rng, monkeypatch):
     # the budget, plus the formed gradients held until the backward pass
     assert got <= 1.1 * (n * chunk + (v + n) * d) * 4
     assert temp(lambda x, W, t: naive(x, W, t)) >= n * v * 4  # the check can fail
+
+
+def test_jax_token_blocks_masked_classes_by_minus_inf_bias(rng, monkeypatch):
+    from xent._kernels import linear_jax
+    from xent._kernels.linear_rows import Opts
+
+    monkeypatch.setattr(linear_jax, "MIN_BLOCK_ROWS", 1)
+    n, d, v, chunk = 37, 5, 300, 200
+    assert 0 < linear_jax.block_rows(n, d, Opts(v, chunk, 0.2, 0.0, None), jnp.float64, True) < n
+    x = rng.normal(size=(n, d))
+    W = rng.normal(size=(v, d))
+    bias = rng.normal(size=v)
+    bias[::3] = -np.inf
+    t = rng.integers(0, v, n)
+    t = np.where(t % 3 == 0, t + 1, t)
+    cw = np.where(np.isinf(bias), 0.0, 1.0)
+    kw = dict(class_weight=jnp.asarray(cw), label_smoothing=0.2)
+    want = ref_loss(x, W, t, bias=bias, class_weight=cw, label_smoothing=0.2, reduction="none")
+    assert np.all(np.isfinite(want))
+    b = jnp.asarray(bias)
+
+    def fast(x, W):  # mean: the token-blocked layout
+        return xent.linear_cross_entropy(x, W, jnp.asarray(t), bias=b, chunk_size=chunk, **kw)
+
+    def slow(x, W):  # per row, then the mean: the vocabulary layout
+        return jnp.mean(xent.linear_cross_entropy(x, W, jnp.asarray(t), bias=b, chunk_size=chunk,
+                                                  reduction="none", **kw))
+
+    args = (jnp.asarray(x), jnp.asarray(W))
+    fused, calls = linear_jax._fused, []
+    monkeypatch.setattr(linear_jax, "_fused", lambda *a: calls.append(1) or fused(*a))
+    vg, gg = jax.jit(jax.value_and_grad(fast, (0, 1)))(*args)
+    assert calls  # the token-blocked layout ran
+    vw, gw = jax.value_and_grad(slow, (0, 1))(*args)
+    assert len(calls) == 1
+    np.testing.assert_allclose(vg, np.mean(want), rtol=1e-10)
+    np.testing.assert_allclose(vw, np.mean(want), rtol=1e-10)
+    for a, e in zip(gg, gw):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(gg[1])[::3], 0.0)  # masked classes: no gradient

@@ -14,10 +14,17 @@ classifier is made.
 When the reduction promises a cotangent proportional to the sample weights
 (``g_like``) and blocks of at least ``MIN_BLOCK_ROWS`` rows fit the budget,
 the token-blocked layout of the torch kernel runs instead (``_fused``): three
-products per block, the gradients formed in the forward pass. Compiled
-(``jax.jit(jax.value_and_grad(...))``) at N=4096, D=1024, V=65536 it keeps
-7.3% of the logits as XLA scratch (133-row blocks), at N=8192, D=512,
-V=131072 7.8% (265-row blocks); the naive ``optax`` composition 200%.
+products per block, the gradients formed in the forward pass. A block's
+``[B, V]`` products are its one large buffer: its ``dl/dz`` is formed a
+vocabulary slice at a time (``slice_cols``) in their place, each slice
+adding its product into its rows of ``dW``, then ``dX`` of the block is one
+product with the whole ``dl/dz``. The blocks are about 2.2 times as tall as
+with separate ``[B, V]`` buffers for the logits, their exponentials and
+``dl/dz`` (XLA's CPU products are slow when the block, the contracted
+dimension for ``dW``, is thin). Compiled (``jax.jit(jax.value_and_grad(...))``)
+at N=4096, D=1024, V=65536 it keeps 9.1% of the logits as XLA scratch
+(293-row blocks, 18 slices), at N=8192, D=512, V=131072 8.9% (586-row blocks,
+8 slices); the naive ``optax`` composition 200%.
 """
 
 from __future__ import annotations
@@ -109,53 +116,52 @@ def _backward(x, W, b, t, w_t, cw, lse, g, o: Opts):
 # Token blocks of fewer rows than this make thin products; the vocabulary layout is used then.
 MIN_BLOCK_ROWS = 128
 
+# A vocabulary slice's buffers (its ``dl/dz`` and its product with the block) take at most
+# this fraction of one block's logits.
+_SLICE_FRACTION = 0.25
 
-def block_rows(n: int, d: int, o: Opts, dtype: Any) -> int:
+
+def block_rows(n: int, d: int, o: Opts, dtype: Any, bias: bool = False,
+               weighted: bool = False) -> int:
     """Rows per token block within the budget of ``n * o.chunk`` logits, or 0 (see torch's).
 
-    The compiled block holds two ``[B, V]`` buffers (the shifted logits and
-    their exponentials, then ``dl/dz``) and the classifier's gradient is
-    accumulated in vocabulary slices whose ``[slice, D]`` product is at most
-    one more such buffer (``_add_dw``): three ``[B, V]`` in the budget. The
-    formed ``dX``, ``dW`` are the returned gradients (XLA writes them into the
-    output buffers, and the backward pass's scaling reuses them), so they do
-    not count.
+    The compiled block holds its ``[B, V]`` products ``x_b W^T`` (``dl/dz``
+    replaces them in place, a vocabulary slice at a time) and, for one slice
+    at a time, the slice's ``dl/dz`` ``[B, s]`` and its product with the
+    block ``[s, D]``: at most ``_SLICE_FRACTION`` of the products more
+    (``slice_cols``). With a bias or a softcap XLA also stores the logits
+    formed from the products (its reductions do not fuse them), and with
+    label smoothing it copies the products (the loss reads them for its sum
+    as well as the loop): one more ``[B, V]`` each; with sample weights
+    (``weighted``) an ``[N, D]`` more. The formed ``dX``,
+    ``dW`` are the returned gradients (XLA writes them into the output
+    buffers, and the backward pass's scaling reuses them), so they do not
+    count.
     """
     if dtype in (jnp.float16, jnp.bfloat16) or n == 0:
         return 0
-    return even_blocks(n, (n * o.chunk) // (3 * o.num_classes), MIN_BLOCK_ROWS)
+    held = 1.0 + _SLICE_FRACTION + (1.0 if bias or o.softcap is not None else 0.0)
+    if o.smoothing != 0.0:  # the loss reads the products for its sum: XLA copies them
+        held += 1.0
+    # per row: the logits, the slice's share, the block's dX and its product ([B, D] each);
+    # 5% of the budget is left for XLA's smaller buffers
+    most = int((0.95 * n * o.chunk - (n * d if weighted else 0)) / (held * o.num_classes + 2 * d))
+    return even_blocks(n, most, MIN_BLOCK_ROWS)
 
 
-def _add_dw(dW: Any, dz: Any, xw: Any) -> Any:
-    """``dW + dz^T xw`` a vocabulary slice at a time (a loop: one slice's product alive).
-
-    XLA writes a product's result before adding it; for all of ``dW`` at once
-    that is a ``[V, D]`` temporary. Slices of at most ``B * V / D`` rows keep
-    it within one ``[B, V]`` block; each product still has two large
-    dimensions (the slice and ``D``).
-    """
-    nv, d = dW.shape
-    B = dz.shape[0]
-    step = max(1, min(nv, (B * nv) // max(1, d)))
-    full = nv // step
-
-    def part(dW, v0, size):
-        zc = lax.dynamic_slice_in_dim(dz, v0, size, 1)
-        prod = lax.dot_general(zc, xw, (((0,), (0,)), ((), ())))
-        return lax.dynamic_update_slice_in_dim(
-            dW, lax.dynamic_slice_in_dim(dW, v0, size, 0) + prod, v0, 0)
-
-    if full == 1 and step == nv:
-        return part(dW, 0, nv)
-    dW = lax.fori_loop(0, full, lambda i, dW: part(dW, i * step, step), dW)
-    if nv - full * step:
-        dW = part(dW, full * step, nv - full * step)
-    return dW
+def slice_cols(B: int, d: int, nv: int) -> int:
+    """Vocabulary columns per slice of a ``B``-row block: ``s (B + D) <= B V / 4``, as
+    even as the fewest slices allow (a last, narrower slice takes the remainder)."""
+    most = max(1, min(nv, int(_SLICE_FRACTION * B * nv) // (B + d)))
+    return -(-nv // -(-nv // most))
 
 
 def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
     """Token-blocked forward that also forms ``dX`` (per row) and the ``sw``-weighted
-    ``dW``, ``db``: three products per block of ``B`` rows (the torch kernel's layout)."""
+    ``dW``, ``db``: per block of ``B`` rows the product for the logits, their row
+    statistics, then per vocabulary slice its ``dl/dz``, written over the slice's
+    products, and its product into the slice's rows of ``dW``; last the block's
+    ``dX`` from the whole ``dl/dz``. Three products per block, two of them whole."""
     n, D = x.shape
     nv = o.num_classes
     s = o.smoothing
@@ -164,50 +170,74 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
     wt_all = jnp.ones((n,), dt) if w_t is None else w_t
     sw_all = jnp.ones((n,), dt) if sw is None else sw.astype(dt)
     nb = -(-n // B)
+    sc = slice_cols(B, D, nv)
 
     def body(carry, k):
-        loss, lse_all, dX, dW, db = carry
+        loss, dX, dW, db = carry
         r0 = jnp.minimum(k * B, n - B)
         xb = lax.dynamic_slice_in_dim(x, r0, B, 0)
         tb = lax.dynamic_slice_in_dim(t, r0, B)
         wt = lax.dynamic_slice_in_dim(wt_all, r0, B)
-        u = lax.dot_general(xb, W, (((1,), (1,)), ((), ()))) + b[None, :]
-        th = None
-        if o.softcap is not None:
-            th = jnp.tanh(u / o.softcap)
-            u = o.softcap * th
+        # the products: the block's one [B, V] buffer, overwritten by dl/dz below (the
+        # logits with a bias or a cap are a second one: XLA's reductions do not fuse them)
+        ur = lax.dot_general(xb, W, (((1,), (1,)), ((), ())))
+        u = softcap(jnp, ur if b is None else ur + b[None, :], o)
         m = jnp.max(u, axis=1)
-        zr = u - m[:, None]
-        zt_rel = jnp.take_along_axis(zr, tb[:, None], axis=1)[:, 0]
+        # the label's logit as a row-wise product: a gather from the products would be
+        # one more reader of their buffer, which the slice loop overwrites, and XLA would copy it
+        zt_rel = label_logit(jnp, xb, W, b, tb, dt, o) - m
         sm = None
         if s != 0.0:
-            sm = (jnp.sum(zr, axis=1) if cw is None
-                  else jnp.where(cw != 0, zr, 0.0) @ cw)
-        e = jnp.exp(zr)
-        se = jnp.sum(e, axis=1)
-        log_se = jnp.log(se)
+            zr = u - m[:, None]
+            sm = jnp.sum(zr, axis=1) if cw is None else jnp.where(cw != 0, zr, 0.0) @ cw
+        log_se = jnp.log(jnp.sum(jnp.exp(u - m[:, None]), axis=1))
         lse = m + log_se
-        lb = row_loss(log_se, zt_rel, sm, lse, wt if w_t is not None else 1.0, S, o)
-        dz = e * (grad_scale(lse, wt if w_t is not None else 1.0, S, o) / se)[:, None]
-        dz = dz + jnp.where(jnp.arange(nv)[None, :] == tb[:, None],
-                            (-(1.0 - s) * wt)[:, None], 0.0)
-        if s != 0.0:
-            dz = dz - (s / nv) * (jnp.ones((nv,), dt) if cw is None else cw)[None, :]
-        if th is not None:
-            dz = dz * (1.0 - th * th)
+        w1 = wt if w_t is not None else 1.0
+        lb = row_loss(log_se, zt_rel, sm, lse, w1, S, o)
+        ga = grad_scale(lse, w1, S, o) * jnp.ones_like(lse)
+        gt = (-(1.0 - s) * wt)[:, None]
         swb = lax.dynamic_slice_in_dim(sw_all, r0, B)
         swb = jnp.where(r0 + jnp.arange(B) >= k * B, swb, 0.0)  # rows the block before added
-        dXb = lax.dot_general(dz, W, (((1,), (0,)), ((), ())))
-        dW = _add_dw(dW, dz, xb * swb[:, None])
-        db = db + swb @ dz
-        loss = lax.dynamic_update_slice_in_dim(loss, lb, r0, 0)
-        lse_all = lax.dynamic_update_slice_in_dim(lse_all, lse, r0, 0)
-        dX = lax.dynamic_update_slice_in_dim(dX, dXb, r0, 0)
-        return (loss, lse_all, dX, dW, db), None
+        xw = xb * swb[:, None]
 
-    init = (jnp.zeros((n,), dt), jnp.zeros((n,), dt), jnp.zeros((n, D), dt),
-            jnp.zeros((nv, D), dt), jnp.zeros((nv,), dt))
-    (loss, _, dX, dW, db), _ = lax.scan(body, init, jnp.arange(nb))
+        def part(c0, size, acc):
+            """Columns ``c0 : c0 + size``: their ``dl/dz`` replaces their products in ``ur``
+            (read once, in place) and adds its product into their rows of ``dW``."""
+            ur, dW = acc
+            cols = c0 + jnp.arange(size)
+            uc = lax.dynamic_slice_in_dim(ur, c0, size, 1)
+            if b is not None:
+                uc = uc + lax.dynamic_slice_in_dim(b, c0, size)[None, :]
+            uc = softcap(jnp, uc, o)
+            dz = jnp.exp(uc - lse[:, None]) * ga[:, None]
+            dz = dz + jnp.where(cols[None, :] == tb[:, None], gt, 0.0)
+            if s != 0.0:
+                cwc = (jnp.ones((size,), dt) if cw is None
+                       else lax.dynamic_slice_in_dim(cw, c0, size))
+                dz = dz - (s / nv) * cwc[None, :]
+            if o.softcap is not None:
+                th = uc / o.softcap
+                dz = dz * (1.0 - th * th)
+            prod = lax.dot_general(dz, xw, (((0,), (0,)), ((), ())))
+            dW = lax.dynamic_update_slice_in_dim(
+                dW, lax.dynamic_slice_in_dim(dW, c0, size, 0) + prod, c0, 0)
+            return lax.dynamic_update_slice_in_dim(ur, dz, c0, 1), dW
+
+        full = nv // sc
+        acc = lax.fori_loop(0, full, lambda i, acc: part(i * sc, sc, acc), (ur, dW))
+        if nv - full * sc:
+            acc = part(full * sc, nv - full * sc, acc)
+        dz, dW = acc  # the block's whole dl/dz, in the products' buffer
+        dXb = lax.dot_general(dz, W, (((1,), (0,)), ((), ())))
+        if b is not None:
+            db = db + swb @ dz
+        loss = lax.dynamic_update_slice_in_dim(loss, lb, r0, 0)
+        dX = lax.dynamic_update_slice_in_dim(dX, dXb, r0, 0)
+        return (loss, dX, dW, db), None
+
+    init = (jnp.zeros((n,), dt), jnp.zeros((n, D), dt), jnp.zeros((nv, D), dt),
+            None if b is None else jnp.zeros((nv,), dt))
+    (loss, dX, dW, db), _ = lax.scan(body, init, jnp.arange(nb))
     return loss, (dX, dW, db)
 
 
@@ -215,7 +245,8 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int):
 def _fused_kernel(o: Opts, B: int):
     @jax.custom_vjp
     def f(x, W, b, t, w_t, cw, sw):
-        return _forward(x, W, b, t, w_t, cw, o)[0]
+        bias = jnp.zeros((o.num_classes,), x.dtype) if b is None else b
+        return _forward(x, W, bias, t, w_t, cw, o)[0]
 
     def fwd(x, W, b, t, w_t, cw, sw):
         loss, grads = _fused(x, W, b, t, w_t, cw, sw, o, B)
@@ -228,7 +259,7 @@ def _fused_kernel(o: Opts, B: int):
         c = jnp.where(den > 0, jnp.sum(g * w) / jnp.where(den > 0, den, 1.0), 0.0)
         # g = c * sw (the reductions): dX scales per row, dW and db by the scalar
         return (dX * g[:, None].astype(dX.dtype), dW * c.astype(dW.dtype),
-                db * c.astype(db.dtype), None, None, None, None)
+                None if db is None else db * c.astype(db.dtype), None, None, None, None)
 
     f.defvjp(fwd, bwd)
     return jax.jit(f)
@@ -262,10 +293,11 @@ def rows(call: Any) -> Any:
     """
     x, W, b, t, w_t, cw = call.x, call.W, call.b, call.t, call.w_t, call.cw
     o, g_like = call.opts, call.g_like
-    bias = jnp.zeros((o.num_classes,), x.dtype) if b is None else b
     w_t = w_t if not isinstance(w_t, float) else None
-    B = block_rows(x.shape[0], x.shape[1], o, x.dtype) if g_like is not None else 0
+    B = (block_rows(x.shape[0], x.shape[1], o, x.dtype, b is not None,
+                    not isinstance(g_like, float)) if g_like is not None else 0)
     if B:
         sw = None if isinstance(g_like, float) else lax.stop_gradient(g_like)
-        return _fused_kernel(o, B)(x, W, bias, t, w_t, cw, sw)
+        return _fused_kernel(o, B)(x, W, b, t, w_t, cw, sw)
+    bias = jnp.zeros((o.num_classes,), x.dtype) if b is None else b
     return _kernel(o)(x, W, bias, t, w_t, cw)
