@@ -31,6 +31,7 @@ from contextlib import contextmanager
 import torch
 import numpy as np
 
+from .._core import reduce
 from . import rows as chunks
 
 _LOCK = threading.Lock()
@@ -458,7 +459,56 @@ def dense_loss(call):
 _safe_product = partial(chunks.safe_product, torch)
 
 
+_ONE = torch.ones(())
+
+
+def _sigmoid_fold_weights(call, C):
+    """The ``[N, C]`` view of the sample weights when the kernel may reduce rows itself.
+
+    Returns ``(fold, sw2)``: ``fold`` is True for every reduction but ``"none"``,
+    unless the sample weights need a gradient (they then stay outside, in the
+    reduction) or cannot be viewed as ``[N, C]`` without a copy; ``sw2`` is that
+    view, or None without sample weights.
+    """
+    if call.reduction == "none":
+        return False, None
+    sw = call.sw
+    if sw is None:
+        return True, None
+    if torch.is_grad_enabled() and sw.requires_grad:
+        return False, None
+    try:
+        return True, sw.view(-1, C)
+    except RuntimeError:  # a broadcast that does not flatten to rows: reduce outside
+        return False, None
+
+
+def _sigmoid_prescale(call, grad, cd, n_elements):
+    """The factor the reduced kernel folds into the gradient: what the backward will bring.
+
+    The reduction's backward reaches the per-row sums with ``1 / n_elements``
+    (an unweighted mean, every element counting 1) or 1 (``"sum"``); any other
+    value (weighted means, a normalizer) is applied in the backward instead.
+    """
+    if call.normalizer is not None or grad is None or grad.dtype != cd:
+        return 1.0
+    if call.reduction == "sum":
+        return 1.0
+    if call.sw is None and call.norm is None and call.valid is None:
+        return _grad_prescale(grad, cd, n_elements)
+    return 1.0
+
+
 def sigmoid_loss(call):
+    """The per-element loss, or for a reduction ``Reduced`` from per-row sums.
+
+    For every reduction but ``"none"`` the chunks never leave the cache: each
+    chunk's ``sw * l`` is summed into one value per row, and the sample weight
+    is folded into the chunk's coefficients (so also into the stored
+    gradient); :func:`xent._core.reduce.reduce_total` then divides the total
+    by the reduction's own denominator, and its backward brings the per-row
+    cotangent that scales the stored gradient.
+    """
     z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, call.cdt
     if call.gamma != 0.0 or call.alpha is not None or not _usable(z, y, pw) or y.shape != z.shape:
         return None
@@ -469,12 +519,15 @@ def sigmoid_loss(call):
         pw = pw.reshape(C)
     z2, y2 = z.reshape(-1, C), y.reshape(-1, C)
     k2 = None if keep is None else keep.reshape(-1, C)
+    fold, sw2 = _sigmoid_fold_weights(call, C)
 
     def kernel(z2, need_grad):
         N = z2.shape[0]
-        loss = _empty_like(z2, dtype=cd)
+        loss = None if fold else _empty_like(z2, dtype=cd)
+        rows = torch.empty((N, 1), dtype=cd, device=z2.device) if fold else None
         grad = _empty_like(z2) if need_grad else None
-        g = _grad_prescale(grad, cd, z2.numel())
+        g = (_sigmoid_prescale(call, grad, cd, z2.numel()) if fold
+             else _grad_prescale(grad, cd, z2.numel()))
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
@@ -495,12 +548,18 @@ def sigmoid_loss(call):
                     pos.masked_fill_(~kc, 0)
                 if s != 0.0:
                     pos.mul_(1.0 - s).add_(0.5 * s)
-            neg = torch.neg(pos, out=bufs.get("b", n)).add_(1.0)
+            neg = torch.add(_ONE, pos, alpha=-1, out=bufs.get("b", n))  # 1 - pos
+            if sw2 is not None:
+                # sw folded into both coefficients: the loss and the gradient are
+                # weighted (0 on dropped entries, whose logits are zeroed above)
+                swc = sw2[r0:r1]
+                pos.mul_(swc)
+                neg.mul_(swc)
             if pw is not None:
                 pos.mul_(pw)
-            lw = None if pw is None else pos + neg                     # pos + neg, 1 without
+            lw = None if pw is None and sw2 is None else torch.add(pos, neg, out=bufs.get("c", n))
             e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
-            lc = loss[r0:r1]
+            lc = bufs.get("l", n) if fold else loss[r0:r1]
             torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
             t = bufs.get("t", n)
             # pos softplus(-z) + neg softplus(z)
@@ -515,19 +574,24 @@ def sigmoid_loss(call):
             lc.add_(t)
             torch.clamp(zc, max=0, out=t).mul_(pos).nan_to_num_(0.0, _INF, -_INF)
             lc.sub_(t)
+            if fold:
+                torch.sum(lc, 1, keepdim=True, out=rows[r0:r1])
             if grad is None:
                 return None
             # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
             torch.neg(zc, out=w).sigmoid_()
             if lw is not None:
                 w.mul_(lw)
-            w.mul_(-g).add_(neg, alpha=g)                               # g (neg - lw sigmoid(-z))
-            if kc is not None:
+            if g == 1.0:
+                torch.sub(neg, w, out=w)                                # neg - lw sigmoid(-z)
+            else:
+                w.mul_(-g).add_(neg, alpha=g)                           # g (neg - lw sigmoid(-z))
+            if kc is not None and sw2 is None:
                 w.masked_fill_(~kc, 0)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return loss, grad, g
+        return (rows[:, 0] if fold else loss), grad, g
 
     def plain(z2):
         zc = z2.to(cd)
@@ -541,6 +605,14 @@ def sigmoid_loss(call):
         if pw is not None:
             pos = pos * pw
         sp = torch.nn.functional.softplus
-        return _safe_product(pos, sp(-zc)) + _safe_product(neg, sp(zc))
+        loss = _safe_product(pos, sp(-zc)) + _safe_product(neg, sp(zc))
+        if not fold:
+            return loss
+        if sw2 is not None:
+            loss = loss * sw2  # 0 on dropped entries (their loss is finite: zeroed logits)
+        return loss.sum(1)
 
-    return _apply(z2, kernel, plain).reshape(z.shape)
+    out = _apply(z2, kernel, plain)
+    if not fold:
+        return out.reshape(z.shape)
+    return reduce.Reduced(reduce.reduce_total(call, out.sum(), z.numel()))
