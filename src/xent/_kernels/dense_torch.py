@@ -499,6 +499,40 @@ def _sigmoid_prescale(call, grad, cd, n_elements):
     return 1.0
 
 
+def _sigmoid_coefficients(zc, yc, kc, swc, pw, s, cd, bufs, n):
+    """A chunk's ``(z, pos, neg, lw)``: ``pos = sw pw y'``, ``neg = sw (1 - y')``, ``lw = pos + neg``.
+
+    ``z`` and ``pos`` are private copies where they differ from the inputs
+    (another dtype, dropped entries zeroed, smoothing, weights); ``lw`` is None
+    when it is 1 (no ``pos_weight``, no folded sample weights).
+    """
+    if zc.dtype != cd or kc is not None:
+        x = bufs.get("x", n)
+        x.copy_(zc)
+        if kc is not None:
+            x.masked_fill_(~kc, 0)
+        zc = x
+    if s == 0.0 and pw is None and kc is None and swc is None and yc.dtype == cd:
+        pos = yc  # only read: no private copy
+    else:
+        pos = bufs.get("a", n)
+        pos.copy_(yc)
+        if kc is not None:
+            pos.masked_fill_(~kc, 0)
+        if s != 0.0:
+            pos.mul_(1.0 - s).add_(0.5 * s)
+    neg = torch.add(_ONE, pos, alpha=-1, out=bufs.get("b", n))      # 1 - pos
+    if swc is not None:
+        # sw folded into both coefficients: the loss and the gradient are
+        # weighted (0 on dropped entries, whose logits are zeroed above)
+        pos.mul_(swc)
+        neg.mul_(swc)
+    if pw is not None:
+        pos.mul_(pw)
+    lw = None if pw is None and swc is None else torch.add(pos, neg, out=bufs.get("c", n))
+    return zc, pos, neg, lw
+
+
 def sigmoid_loss(call):
     """The per-element loss, or for a reduction ``Reduced`` from per-row sums.
 
@@ -508,6 +542,20 @@ def sigmoid_loss(call):
     gradient); :func:`xent._core.reduce.reduce_total` then divides the total
     by the reduction's own denominator, and its backward brings the per-row
     cotangent that scales the stored gradient.
+
+    Per entry, with ``e = exp(-|z|)``, ``u = 1 + e`` (rounded) and ``r = 1 / u``::
+
+        l          = lw log1p(e) + neg max(z, 0) + pos max(-z, 0)
+        log1p(e)   = log(u) - ((u - 1) - e) r        (u - 1 and the difference are exact)
+        sigmoid(-z) = max(e, [z < 0]) r       (e r for z >= 0, r for z < 0)
+        dl/dz      = neg - lw sigmoid(-z)
+
+    one exponential and one logarithm per entry (``torch.log1p`` and
+    ``torch.sigmoid`` cost about two of them each on CPU); the correction
+    term makes the logarithm as accurate as ``log1p`` (``log(u)`` is 0 where
+    ``e`` is below half an ulp of 1, and the term is then ``e`` itself).
+    ``0 * inf`` products of infinite logits with a zero coefficient count 0
+    (``nansum``; a NaN logit keeps the row NaN through ``log(u)``).
     """
     z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, call.cdt
     if call.gamma != 0.0 or call.alpha is not None or not _usable(z, y, pw) or y.shape != z.shape:
@@ -523,75 +571,49 @@ def sigmoid_loss(call):
 
     def kernel(z2, need_grad):
         N = z2.shape[0]
-        loss = None if fold else _empty_like(z2, dtype=cd)
-        rows = torch.empty((N, 1), dtype=cd, device=z2.device) if fold else None
         grad = _empty_like(z2) if need_grad else None
-        g = (_sigmoid_prescale(call, grad, cd, z2.numel()) if fold
-             else _grad_prescale(grad, cd, z2.numel()))
+        if not fold:
+            loss = _empty_like(z2, dtype=cd)
+            g = _grad_prescale(grad, cd, z2.numel())
+            _run_chunks(z2, cd, grad, partial(_sigmoid_elements, z2, y2, k2, pw, s, cd, loss,
+                                              grad, g))
+            return loss, grad, g
+        g = _sigmoid_prescale(call, grad, cd, z2.numel())
+        R1, R2, R3 = _stats(N, 3, cd, z2.device)
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
-            kc = None if k2 is None else k2[r0:r1]
-            zc = z2[r0:r1]
-            if zc.dtype != cd or kc is not None:
-                x = bufs.get("x", n)
-                x.copy_(zc)
-                if kc is not None:
-                    x.masked_fill_(~kc, 0)
-                zc = x
-            if s == 0.0 and pw is None and kc is None and y2.dtype == cd:
-                pos = y2[r0:r1]  # only read: no private copy
-            else:
-                pos = bufs.get("a", n)
-                pos.copy_(y2[r0:r1])
-                if kc is not None:
-                    pos.masked_fill_(~kc, 0)
-                if s != 0.0:
-                    pos.mul_(1.0 - s).add_(0.5 * s)
-            neg = torch.add(_ONE, pos, alpha=-1, out=bufs.get("b", n))  # 1 - pos
-            if sw2 is not None:
-                # sw folded into both coefficients: the loss and the gradient are
-                # weighted (0 on dropped entries, whose logits are zeroed above)
-                swc = sw2[r0:r1]
-                pos.mul_(swc)
-                neg.mul_(swc)
-            if pw is not None:
-                pos.mul_(pw)
-            lw = None if pw is None and sw2 is None else torch.add(pos, neg, out=bufs.get("c", n))
+            zc, pos, neg, lw = _sigmoid_coefficients(
+                z2[r0:r1], y2[r0:r1], None if k2 is None else k2[r0:r1],
+                None if sw2 is None else sw2[r0:r1], pw, s, cd, bufs, n)
             e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
-            lc = bufs.get("l", n) if fold else loss[r0:r1]
-            torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
-            t = bufs.get("t", n)
-            # pos softplus(-z) + neg softplus(z)
-            #   = (pos + neg) log1p(exp(-|z|)) + pos max(-z, 0) + neg max(z, 0):
-            # a sum of non-negative terms, so no cancellation (PyTorch's
-            # neg z + softplus(-z) loses all digits of a small loss at z << 0).
-            # An infinite logit whose weight is 0 makes 0 * inf = NaN in its
-            # term, which is set to 0 (no data-dependent branch: no host read)
+            u = torch.add(e, 1.0, out=bufs.get("u", n))                 # 1 + e, rounded
+            lg = w if grad is not None else bufs.get("l", n)            # scratch before the gradient
+            torch.log(u, out=lg)
+            d = torch.sub(u, 1.0, out=bufs.get("d", n)).sub_(e)         # (u - 1) - e, exact
+            r = u.reciprocal_()
+            lg.sub_(d.mul_(r))                                          # log1p(e)
             if lw is not None:
-                lc.mul_(lw)
-            torch.clamp(zc, min=0, out=t).mul_(neg).nan_to_num_(0.0, _INF, -_INF)
-            lc.add_(t)
-            torch.clamp(zc, max=0, out=t).mul_(pos).nan_to_num_(0.0, _INF, -_INF)
-            lc.sub_(t)
-            if fold:
-                torch.sum(lc, 1, keepdim=True, out=rows[r0:r1])
+                lg.mul_(lw)
+            torch.sum(lg, 1, keepdim=True, out=R1[r0:r1])
+            torch.nansum(torch.mul(zc, neg, out=d).clamp_(min=0), 1, keepdim=True,
+                         out=R2[r0:r1])                                 # neg max(z, 0)
+            torch.nansum(torch.mul(zc, pos, out=d).clamp_(max=0), 1, keepdim=True,
+                         out=R3[r0:r1])                                 # -pos max(-z, 0)
             if grad is None:
                 return None
-            # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
-            torch.neg(zc, out=w).sigmoid_()
+            # sigmoid(-z) = max(e, [z < 0]) r: no select (torch.where and
+            # a bool mask cost more than the three passes of this)
+            torch.maximum(e, torch.lt(zc, 0, out=d), out=w).mul_(r)
             if lw is not None:
                 w.mul_(lw)
-            if g == 1.0:
-                torch.sub(neg, w, out=w)                                # neg - lw sigmoid(-z)
-            else:
-                w.mul_(-g).add_(neg, alpha=g)                           # g (neg - lw sigmoid(-z))
-            if kc is not None and sw2 is None:
-                w.masked_fill_(~kc, 0)
+            torch.sub(neg, w, out=w)                                    # neg - lw sigmoid(-z)
+            if g != 1.0:
+                w.mul_(g)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return (rows[:, 0] if fold else loss), grad, g
+        return (R1 + R2 - R3)[:, 0], grad, g
 
     def plain(z2):
         zc = z2.to(cd)
@@ -616,3 +638,36 @@ def sigmoid_loss(call):
     if not fold:
         return out.reshape(z.shape)
     return reduce.Reduced(reduce.reduce_total(call, out.sum(), z.numel()))
+
+
+def _sigmoid_elements(z2, y2, k2, pw, s, cd, loss, grad, g, r0, r1, w, bufs):
+    """One chunk of the per-element sigmoid loss (``"none"``) and its gradient."""
+    n = r1 - r0
+    kc = None if k2 is None else k2[r0:r1]
+    zc, pos, neg, lw = _sigmoid_coefficients(z2[r0:r1], y2[r0:r1], kc, None, pw, s, cd, bufs, n)
+    e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
+    lc = loss[r0:r1]
+    torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
+    t = bufs.get("t", n)
+    # pos softplus(-z) + neg softplus(z)
+    #   = (pos + neg) log1p(exp(-|z|)) + pos max(-z, 0) + neg max(z, 0):
+    # a sum of non-negative terms, so no cancellation (PyTorch's
+    # neg z + softplus(-z) loses all digits of a small loss at z << 0).
+    # An infinite logit whose weight is 0 makes 0 * inf = NaN in its
+    # term, which is set to 0 (no data-dependent branch: no host read)
+    if lw is not None:
+        lc.mul_(lw)
+    torch.clamp(zc, min=0, out=t).mul_(neg).nan_to_num_(0.0, _INF, -_INF)
+    lc.add_(t)
+    torch.clamp(zc, max=0, out=t).mul_(pos).nan_to_num_(0.0, _INF, -_INF)
+    lc.sub_(t)
+    if grad is None:
+        return None
+    # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
+    torch.neg(zc, out=w).sigmoid_()
+    if lw is not None:
+        w.mul_(lw)
+    w.mul_(-g).add_(neg, alpha=g)                               # g (neg - lw sigmoid(-z))
+    if kc is not None:
+        w.masked_fill_(~kc, 0)
+    return None if grad.dtype == cd else w
