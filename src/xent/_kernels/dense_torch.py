@@ -130,8 +130,9 @@ class _Fused(torch.autograd.Function):
         def work(lo, hi):
             with torch.no_grad():
                 for r0 in range(lo, hi, R):
-                    rows = g[r0:min(hi, r0 + R)]
-                    rows.copy_(rows.to(gl.dtype).mul_(gl[r0:r0 + R]))
+                    r1 = min(hi, r0 + R)
+                    rows = g[r0:r1]
+                    rows.copy_(rows.to(gl.dtype).mul_(gl if gl.shape[0] == 1 else gl[r0:r1]))
 
         with _threads(g) as n:
             chunks.run_blocks(g.shape[0], n, work)
