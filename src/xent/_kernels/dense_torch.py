@@ -5,7 +5,9 @@ One private ``torch.autograd.Function`` carries every loss: its forward runs a
 gradient ``dl/dz`` of every element's own loss, computed chunk by chunk in the
 same pass that computes the loss. The backward scales that buffer in place by
 the incoming gradient and hands it back, so the whole training step holds one
-logits-sized buffer and a few cache-sized chunks.
+logits-sized buffer and a few cache-sized chunks. (The sigmoid kernel, for
+every reduction but ``"none"``, returns per-row sums of the weighted loss
+instead of the per-element loss: see :func:`sigmoid_loss`.)
 
 Threads (CPU only): the row blocks run in Python threads while torch's own
 intra-op pool is set to one thread (it is restored afterwards); small chunks
