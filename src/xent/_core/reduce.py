@@ -165,6 +165,31 @@ def finish(call: Any, loss: Any) -> Any:
                   valid=call.valid, out_dtype=call.out_dtype, normalizer=call.normalizer)
 
 
+def reduce_total(call: Any, total: Any, n_elements: int) -> Any:
+    """The reduction of a kernel that summed ``sw_i * l_i`` itself (not ``"none"``).
+
+    ``total``: that weighted sum, a scalar in the compute dtype; ``n_elements``:
+    the number of per-element losses. Divides by exactly the denominator
+    :func:`reduce` would use for the same call (a zero one gives 0); the
+    result is then wrapped in :class:`Reduced` for :func:`finish` to cast.
+    """
+    be, red = call.be, call.reduction
+    if call.normalizer is not None:
+        return _safe_divide(be, total, call.normalizer)
+    if red == "sum":
+        return total
+    w = call.norm if call.norm is not None else call.sw
+    if red == "mean" and w is not None:
+        den = be.xp.sum(w)
+    elif red == "sum_by_nonzero_weights" and w is not None:
+        den = _count(be, w != 0, total.dtype)
+    elif call.valid is not None:
+        den = _count(be, call.valid, total.dtype)
+    else:
+        den = n_elements
+    return _safe_divide(be, total, den)
+
+
 def ignore_and_weight(be: Backend, labels: Any, ignore_index: Any, sample_weight: Any,
                       like: Any, shape: tuple[int, ...], dtype: Any) -> tuple[Any, Any, Any]:
     """Integer labels with ``ignore_index`` folded into the sample weights.

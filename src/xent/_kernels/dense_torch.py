@@ -5,7 +5,9 @@ One private ``torch.autograd.Function`` carries every loss: its forward runs a
 gradient ``dl/dz`` of every element's own loss, computed chunk by chunk in the
 same pass that computes the loss. The backward scales that buffer in place by
 the incoming gradient and hands it back, so the whole training step holds one
-logits-sized buffer and a few cache-sized chunks.
+logits-sized buffer and a few cache-sized chunks. (The sigmoid kernel, for
+every reduction but ``"none"``, returns per-row sums of the weighted loss
+instead of the per-element loss: see :func:`sigmoid_loss`.)
 
 Threads (CPU only): the row blocks run in Python threads while torch's own
 intra-op pool is set to one thread (it is restored afterwards); small chunks
@@ -31,6 +33,7 @@ from contextlib import contextmanager
 import torch
 import numpy as np
 
+from .._core import reduce
 from . import rows as chunks
 
 _LOCK = threading.Lock()
@@ -129,8 +132,9 @@ class _Fused(torch.autograd.Function):
         def work(lo, hi):
             with torch.no_grad():
                 for r0 in range(lo, hi, R):
-                    rows = g[r0:min(hi, r0 + R)]
-                    rows.copy_(rows.to(gl.dtype).mul_(gl[r0:r0 + R]))
+                    r1 = min(hi, r0 + R)
+                    rows = g[r0:r1]
+                    rows.copy_(rows.to(gl.dtype).mul_(gl if gl.shape[0] == 1 else gl[r0:r1]))
 
         with _threads(g) as n:
             chunks.run_blocks(g.shape[0], n, work)
@@ -458,7 +462,104 @@ def dense_loss(call):
 _safe_product = partial(chunks.safe_product, torch)
 
 
+_ONE = torch.ones(())
+
+
+def _sigmoid_fold_weights(call, C):
+    """The ``[N, C]`` view of the sample weights when the kernel may reduce rows itself.
+
+    Returns ``(fold, sw2)``: ``fold`` is True for every reduction but ``"none"``,
+    unless the sample weights need a gradient (they then stay outside, in the
+    reduction) or cannot be viewed as ``[N, C]`` without a copy; ``sw2`` is that
+    view, or None without sample weights.
+    """
+    if call.reduction == "none":
+        return False, None
+    sw = call.sw
+    if sw is None:
+        return True, None
+    if torch.is_grad_enabled() and sw.requires_grad:
+        return False, None
+    try:
+        return True, sw.view(-1, C)
+    except RuntimeError:  # a broadcast that does not flatten to rows: reduce outside
+        return False, None
+
+
+def _sigmoid_prescale(call, grad, cd, n_elements):
+    """The factor the reduced kernel folds into the gradient: what the backward will bring.
+
+    The reduction's backward reaches the per-row sums with ``1 / n_elements``
+    (an unweighted mean, every element counting 1) or 1 (``"sum"``); any other
+    value (weighted means, a normalizer) is applied in the backward instead.
+    """
+    if call.normalizer is not None or grad is None or grad.dtype != cd:
+        return 1.0
+    if call.reduction == "sum":
+        return 1.0
+    if call.sw is None and call.norm is None and call.valid is None:
+        return _grad_prescale(grad, cd, n_elements)
+    return 1.0
+
+
+def _sigmoid_coefficients(zc, yc, kc, swc, pw, s, cd, bufs, n):
+    """A chunk's ``(z, pos, neg, lw)``: ``pos = sw pw y'``, ``neg = sw (1 - y')``, ``lw = pos + neg``.
+
+    ``z`` and ``pos`` are private copies where they differ from the inputs
+    (another dtype, dropped entries zeroed, smoothing, weights); ``lw`` is None
+    when it is 1 (no ``pos_weight``, no folded sample weights).
+    """
+    if zc.dtype != cd or kc is not None:
+        x = bufs.get("x", n)
+        x.copy_(zc)
+        if kc is not None:
+            x.masked_fill_(~kc, 0)
+        zc = x
+    if s == 0.0 and pw is None and kc is None and swc is None and yc.dtype == cd:
+        pos = yc  # only read: no private copy
+    else:
+        pos = bufs.get("a", n)
+        pos.copy_(yc)
+        if kc is not None:
+            pos.masked_fill_(~kc, 0)
+        if s != 0.0:
+            pos.mul_(1.0 - s).add_(0.5 * s)
+    neg = torch.add(_ONE, pos, alpha=-1, out=bufs.get("b", n))      # 1 - pos
+    if swc is not None:
+        # sw folded into both coefficients: the loss and the gradient are
+        # weighted (0 on dropped entries, whose logits are zeroed above)
+        pos.mul_(swc)
+        neg.mul_(swc)
+    if pw is not None:
+        pos.mul_(pw)
+    lw = None if pw is None and swc is None else torch.add(pos, neg, out=bufs.get("c", n))
+    return zc, pos, neg, lw
+
+
 def sigmoid_loss(call):
+    """The per-element loss, or for a reduction ``Reduced`` from per-row sums.
+
+    For every reduction but ``"none"`` the chunks never leave the cache: each
+    chunk's ``sw * l`` is summed into one value per row, and the sample weight
+    is folded into the chunk's coefficients (so also into the stored
+    gradient); :func:`xent._core.reduce.reduce_total` then divides the total
+    by the reduction's own denominator, and its backward brings the per-row
+    cotangent that scales the stored gradient.
+
+    Per entry, with ``e = exp(-|z|)``, ``u = 1 + e`` (rounded) and ``r = 1 / u``::
+
+        l          = lw log1p(e) + neg max(z, 0) + pos max(-z, 0)
+        log1p(e)   = log(u) - ((u - 1) - e) r        (u - 1 and the difference are exact)
+        sigmoid(-z) = max(e, [z < 0]) r       (e r for z >= 0, r for z < 0)
+        dl/dz      = neg - lw sigmoid(-z)
+
+    one exponential and one logarithm per entry (``torch.log1p`` and
+    ``torch.sigmoid`` cost about two of them each on CPU); the correction
+    term makes the logarithm as accurate as ``log1p`` (``log(u)`` is 0 where
+    ``e`` is below half an ulp of 1, and the term is then ``e`` itself).
+    ``0 * inf`` products of infinite logits with a zero coefficient count 0
+    (``nansum``; a NaN logit keeps the row NaN through ``log(u)``).
+    """
     z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, call.cdt
     if call.gamma != 0.0 or call.alpha is not None or not _usable(z, y, pw) or y.shape != z.shape:
         return None
@@ -469,65 +570,53 @@ def sigmoid_loss(call):
         pw = pw.reshape(C)
     z2, y2 = z.reshape(-1, C), y.reshape(-1, C)
     k2 = None if keep is None else keep.reshape(-1, C)
+    fold, sw2 = _sigmoid_fold_weights(call, C)
 
     def kernel(z2, need_grad):
         N = z2.shape[0]
-        loss = _empty_like(z2, dtype=cd)
         grad = _empty_like(z2) if need_grad else None
-        g = _grad_prescale(grad, cd, z2.numel())
+        if not fold:
+            loss = _empty_like(z2, dtype=cd)
+            g = _grad_prescale(grad, cd, z2.numel())
+            _run_chunks(z2, cd, grad, partial(_sigmoid_elements, z2, y2, k2, pw, s, cd, loss,
+                                              grad, g))
+            return loss, grad, g
+        g = _sigmoid_prescale(call, grad, cd, z2.numel())
+        R1, R2, R3 = _stats(N, 3, cd, z2.device)
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
-            kc = None if k2 is None else k2[r0:r1]
-            zc = z2[r0:r1]
-            if zc.dtype != cd or kc is not None:
-                x = bufs.get("x", n)
-                x.copy_(zc)
-                if kc is not None:
-                    x.masked_fill_(~kc, 0)
-                zc = x
-            if s == 0.0 and pw is None and kc is None and y2.dtype == cd:
-                pos = y2[r0:r1]  # only read: no private copy
-            else:
-                pos = bufs.get("a", n)
-                pos.copy_(y2[r0:r1])
-                if kc is not None:
-                    pos.masked_fill_(~kc, 0)
-                if s != 0.0:
-                    pos.mul_(1.0 - s).add_(0.5 * s)
-            neg = torch.neg(pos, out=bufs.get("b", n)).add_(1.0)
-            if pw is not None:
-                pos.mul_(pw)
-            lw = None if pw is None else pos + neg                     # pos + neg, 1 without
+            zc, pos, neg, lw = _sigmoid_coefficients(
+                z2[r0:r1], y2[r0:r1], None if k2 is None else k2[r0:r1],
+                None if sw2 is None else sw2[r0:r1], pw, s, cd, bufs, n)
             e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
-            lc = loss[r0:r1]
-            torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
-            t = bufs.get("t", n)
-            # pos softplus(-z) + neg softplus(z)
-            #   = (pos + neg) log1p(exp(-|z|)) + pos max(-z, 0) + neg max(z, 0):
-            # a sum of non-negative terms, so no cancellation (PyTorch's
-            # neg z + softplus(-z) loses all digits of a small loss at z << 0).
-            # An infinite logit whose weight is 0 makes 0 * inf = NaN in its
-            # term, which is set to 0 (no data-dependent branch: no host read)
+            u = torch.add(e, 1.0, out=bufs.get("u", n))                 # 1 + e, rounded
+            lg = w if grad is not None else bufs.get("l", n)            # scratch before the gradient
+            torch.log(u, out=lg)
+            d = torch.sub(u, 1.0, out=bufs.get("d", n)).sub_(e)         # (u - 1) - e, exact
+            r = u.reciprocal_()
+            lg.sub_(d.mul_(r))                                          # log1p(e)
             if lw is not None:
-                lc.mul_(lw)
-            torch.clamp(zc, min=0, out=t).mul_(neg).nan_to_num_(0.0, _INF, -_INF)
-            lc.add_(t)
-            torch.clamp(zc, max=0, out=t).mul_(pos).nan_to_num_(0.0, _INF, -_INF)
-            lc.sub_(t)
+                lg.mul_(lw)
+            torch.sum(lg, 1, keepdim=True, out=R1[r0:r1])
+            torch.nansum(torch.mul(zc, neg, out=d).clamp_(min=0), 1, keepdim=True,
+                         out=R2[r0:r1])                                 # neg max(z, 0)
+            torch.nansum(torch.mul(zc, pos, out=d).clamp_(max=0), 1, keepdim=True,
+                         out=R3[r0:r1])                                 # -pos max(-z, 0)
             if grad is None:
                 return None
-            # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
-            torch.neg(zc, out=w).sigmoid_()
+            # sigmoid(-z) = max(e, [z < 0]) r: no select (torch.where and
+            # a bool mask cost more than the three passes of this)
+            torch.maximum(e, torch.lt(zc, 0, out=d), out=w).mul_(r)
             if lw is not None:
                 w.mul_(lw)
-            w.mul_(-g).add_(neg, alpha=g)                               # g (neg - lw sigmoid(-z))
-            if kc is not None:
-                w.masked_fill_(~kc, 0)
+            torch.sub(neg, w, out=w)                                    # neg - lw sigmoid(-z)
+            if g != 1.0:
+                w.mul_(g)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return loss, grad, g
+        return (R1 + R2 - R3)[:, 0], grad, g
 
     def plain(z2):
         zc = z2.to(cd)
@@ -541,6 +630,47 @@ def sigmoid_loss(call):
         if pw is not None:
             pos = pos * pw
         sp = torch.nn.functional.softplus
-        return _safe_product(pos, sp(-zc)) + _safe_product(neg, sp(zc))
+        loss = _safe_product(pos, sp(-zc)) + _safe_product(neg, sp(zc))
+        if not fold:
+            return loss
+        if sw2 is not None:
+            loss = loss * sw2  # 0 on dropped entries (their loss is finite: zeroed logits)
+        return loss.sum(1)
 
-    return _apply(z2, kernel, plain).reshape(z.shape)
+    out = _apply(z2, kernel, plain)
+    if not fold:
+        return out.reshape(z.shape)
+    return reduce.Reduced(reduce.reduce_total(call, out.sum(), z.numel()))
+
+
+def _sigmoid_elements(z2, y2, k2, pw, s, cd, loss, grad, g, r0, r1, w, bufs):
+    """One chunk of the per-element sigmoid loss (``"none"``) and its gradient."""
+    n = r1 - r0
+    kc = None if k2 is None else k2[r0:r1]
+    zc, pos, neg, lw = _sigmoid_coefficients(z2[r0:r1], y2[r0:r1], kc, None, pw, s, cd, bufs, n)
+    e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
+    lc = loss[r0:r1]
+    torch.log1p(e, out=lc)                                      # log1p(exp(-|z|))
+    t = bufs.get("t", n)
+    # pos softplus(-z) + neg softplus(z)
+    #   = (pos + neg) log1p(exp(-|z|)) + pos max(-z, 0) + neg max(z, 0):
+    # a sum of non-negative terms, so no cancellation (PyTorch's
+    # neg z + softplus(-z) loses all digits of a small loss at z << 0).
+    # An infinite logit whose weight is 0 makes 0 * inf = NaN in its
+    # term, which is set to 0 (no data-dependent branch: no host read)
+    if lw is not None:
+        lc.mul_(lw)
+    torch.clamp(zc, min=0, out=t).mul_(neg).nan_to_num_(0.0, _INF, -_INF)
+    lc.add_(t)
+    torch.clamp(zc, max=0, out=t).mul_(pos).nan_to_num_(0.0, _INF, -_INF)
+    lc.sub_(t)
+    if grad is None:
+        return None
+    # neg sigmoid(z) - pos sigmoid(-z) = neg - (pos + neg) sigmoid(-z)
+    torch.neg(zc, out=w).sigmoid_()
+    if lw is not None:
+        w.mul_(lw)
+    w.mul_(-g).add_(neg, alpha=g)                               # g (neg - lw sigmoid(-z))
+    if kc is not None:
+        w.masked_fill_(~kc, 0)
+    return None if grad.dtype == cd else w
