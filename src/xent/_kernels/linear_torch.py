@@ -44,15 +44,16 @@ layout is picked per call from the problem's shape:
   about four products per step.
 
 Every product has two large dimensions (``B`` or ``N``, and ``D`` or ``V`` /
-``chunk``); on the CPU those that write their output run through NumPy's BLAS
+``chunk``); on the CPU the logits products run through NumPy's BLAS
 (``NUMPY_MATMUL`` below). Measured on the loaded 2-core CPU this was written
 on, in one process, interleaved, float32 fwd+bwd at ``N=2048, D=512,
 V=32768``: token-blocked 0.65x the naive ``F.cross_entropy(x @ W.T)``,
 vocabulary chunks 0.96x (budget 10% of the logits, 204-row blocks), both
 with ``torch.mm``. At ``N=1024, D=1024, V=16384`` in 342-row blocks (the
 shape of the ``N=4096, D=1024, V=65536`` blocks at a quarter of the
-vocabulary), one thread, the products on NumPy's BLAS took the
-token-blocked layout from 1.01x to 0.84x the naive path's CPU time. With no
+vocabulary), one thread, all three products on NumPy's BLAS took the
+token-blocked layout from 1.01x to 0.84x the naive path's CPU time; with two
+threads only the logits product gains (see ``NUMPY_MATMUL``). With no
 input requiring a gradient only the forward products run.
 
 The TensorFlow kernel can follow the same plan: the same budget and
@@ -77,19 +78,20 @@ _LOW = (torch.float16, torch.bfloat16)
 _cdt = get_backend("torch").compute_dtype
 
 
-#: The CPU products ``out = a @ b`` of float32 / float64 go through NumPy's BLAS
-#: (``numpy.matmul`` with ``out=``, no copy: the arrays share the tensors' memory)
-#: rather than ``torch.mm``. Measured in one process, interleaved, on the 2-core AMD
-#: EPYC this was written on (torch's MKL, NumPy's OpenBLAS, 1 thread): the
-#: token-block product ``[373, 1024] x [1024, V]`` took 0.6x the time of
-#: ``torch.mm``, ``[373, V] x [V, 1024]`` 0.85x. NumPy's BLAS has its own thread
+#: The CPU logits products ``Z = X W^T`` of float32 / float64 go through NumPy's
+#: BLAS (``numpy.matmul`` with ``out=``, no copy: the arrays share the tensors'
+#: memory) rather than ``torch.mm``. Measured in one process, interleaved, on the
+#: 2-core AMD EPYC this was written on (torch's MKL, NumPy's OpenBLAS): the
+#: token-block product ``[342, 1024] x [1024, V]`` took 0.6x the CPU time of
+#: ``torch.mm`` with one thread, 0.7x with two. The gradient products stay with
+#: torch: ``[342, V] x [V, 1024]`` was 0.85x with one thread but 2x with two, and
+#: ``dW += G^T X`` (``addmm_``) has no in-place NumPy form. NumPy's BLAS has its own thread
 #: pool (one thread per available core unless ``OPENBLAS_NUM_THREADS`` /
 #: ``OMP_NUM_THREADS`` say otherwise), so the path is taken only while torch also
 #: uses one thread per available core: after ``torch.set_num_threads(k)`` with
 #: fewer, ``torch.mm`` runs. Off under ``torch.compile`` (traced code keeps
 #: ``torch.mm``), for other devices and for other dtypes; set to False to use
-#: ``torch.mm`` everywhere. Accumulating products (``addmm_``) stay with torch:
-#: NumPy has no in-place ``C += A B``.
+#: ``torch.mm`` everywhere.
 NUMPY_MATMUL = True
 
 
@@ -218,10 +220,7 @@ def _backward(x, W, b, t, w_t, cw, lse, g, o: Opts, need, last):
         if want_x:
             dX.addmm_(z, W[s0:s1].to(cdt) if lowp else W[s0:s1])
         if want_w:
-            if lowp:
-                torch.mm(z.to(x.dtype).T, x, out=dW[s0:s1])
-            else:
-                mm(z.T, x, dW[s0:s1])
+            torch.mm((z.to(x.dtype) if lowp else z).T, x, out=dW[s0:s1])
         if want_b:
             torch.sum(z, 0, out=db[s0:s1])
     return (None if dX is None else dX.to(x.dtype), dW,
@@ -330,8 +329,6 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
         if th is not None:
             th.mul_(th).neg_().add_(1.0)
             z.mul_(th)
-        if want_x:
-            mm(z, W, dX[r0:r1])
         if want_w or want_b:
             swb = None if sw is None else sw[r0:r1].to(x.dtype)
             if fresh > r0:  # rows the block before already added
@@ -340,7 +337,7 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
             if want_w:
                 xw = xb if swb is None else xb * swb[:, None]
                 if r0 == 0:
-                    mm(z.T, xw, dW)
+                    torch.mm(z.T, xw, out=dW)
                 else:
                     dW.addmm_(z.T, xw)
             if want_b:
@@ -349,6 +346,8 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
                     db.copy_(zb)
                 else:
                     db.add_(zb)
+        if want_x:
+            torch.mm(z, W, out=dX[r0:r1])
     return loss, lse_all, (dX, dW, db)
 
 
