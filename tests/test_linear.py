@@ -357,23 +357,60 @@ def test_torch_never_allocates_the_logits(rng, reduction):
     assert control.largest >= MEM_N * MEM_V
 
 
-def test_torch_products_per_step_and_none_without_grad(rng):
+class NumpyProducts:
+    """``numpy`` for the torch kernel, counting the products it runs through ``np.matmul``."""
+
+    def __init__(self):
+        self.products = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def matmul(self, *args, **kwargs):
+        self.products += 1
+        return np.matmul(*args, **kwargs)
+
+
+def count_products(monkeypatch, f):
+    """A ``Recorder`` of ``f()`` whose ``products`` include those run by NumPy's BLAS."""
+    from xent._kernels import linear_torch
+
+    npc = NumpyProducts()
+    with monkeypatch.context() as m:
+        m.setattr(linear_torch, "np", npc)
+        with Recorder() as rec:
+            f()
+    rec.numpy_products = npc.products
+    rec.products += npc.products
+    return rec
+
+
+@pytest.mark.parametrize("numpy_matmul", [True, False])
+def test_torch_products_per_step_and_none_without_grad(rng, monkeypatch, numpy_matmul):
+    from xent._kernels import linear_torch
+
+    monkeypatch.setattr(linear_torch, "NUMPY_MATMUL", numpy_matmul)
+    monkeypatch.setattr(linear_torch, "_cores", torch.get_num_threads)
     x, W, t = _mem_problem(rng)
     nc = MEM_V // MEM_CHUNK
-    with Recorder() as rec:
-        xent.linear_cross_entropy(x, W, t, chunk_size=MEM_CHUNK).backward()
+
+    def products(f):
+        rec = count_products(monkeypatch, f)
+        # the dispatcher does not see NumPy's products; with them on, the large ones go there
+        assert (rec.numpy_products > 0) == numpy_matmul
+        return rec.products
+
     # forward x W_c^T per chunk; backward dz W_c and dz^T x per chunk, and x W_c^T again
     # for every chunk but the last (kept from the forward pass)
-    assert rec.products == nc + 3 * nc - 1
-    with Recorder() as rec:  # one chunk: the naive three products
-        xent.linear_cross_entropy(x, W, t, chunk_size=MEM_V).backward()
-    assert rec.products == 3
-    with Recorder() as rec, torch.no_grad():
-        xent.linear_cross_entropy(x, W, t, chunk_size=MEM_CHUNK)
-    assert rec.products == nc
-    with Recorder() as rec:
-        xent.linear_cross_entropy(x.detach(), W.detach(), t, chunk_size=MEM_CHUNK)
-    assert rec.products == nc
+    assert products(lambda: xent.linear_cross_entropy(x, W, t, chunk_size=MEM_CHUNK)
+                    .backward()) == nc + 3 * nc - 1
+    # one chunk: the naive three products
+    assert products(lambda: xent.linear_cross_entropy(x, W, t, chunk_size=MEM_V)
+                    .backward()) == 3
+    with torch.no_grad():
+        assert products(lambda: xent.linear_cross_entropy(x, W, t, chunk_size=MEM_CHUNK)) == nc
+    assert products(lambda: xent.linear_cross_entropy(x.detach(), W.detach(), t,
+                                                      chunk_size=MEM_CHUNK)) == nc
 
 
 def test_jax_compiled_step_has_no_logits_buffer(rng):
@@ -604,14 +641,13 @@ def test_torch_token_blocks_three_products_per_block(rng, monkeypatch):
     x, W, t = _mem_problem(rng)
     chunk = 4 * MEM_V // MEM_N * 8  # 32 rows per block: 2 blocks of the 64 rows
     monkeypatch.setattr(linear_torch, "MIN_BLOCK_ROWS", 16)
-    with Recorder() as rec:
-        loss = xent.linear_cross_entropy(x, W, t, chunk_size=chunk)
-        loss.backward()
+    rec = count_products(
+        monkeypatch, lambda: xent.linear_cross_entropy(x, W, t, chunk_size=chunk).backward())
     assert rec.products == 3 * 2
     assert rec.largest <= max(32 * MEM_V, MEM_V * MEM_D)  # the block, or W and its gradient
     # reduction "none" with a classifier gradient: g is arbitrary, so the vocabulary layout
-    with Recorder() as rec:
-        xent.linear_cross_entropy(x, W, t, chunk_size=chunk, reduction="none").sum().backward()
+    rec = count_products(monkeypatch, lambda: xent.linear_cross_entropy(
+        x, W, t, chunk_size=chunk, reduction="none").sum().backward())
     nc = -(-MEM_V // chunk)
     assert rec.products == nc + 3 * nc - 1
 
@@ -772,3 +808,43 @@ def test_jax_token_blocks_masked_classes_by_minus_inf_bias(rng, monkeypatch):
         assert np.all(np.isfinite(a))
         np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(np.asarray(gg[1])[::3], 0.0)  # masked classes: no gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk", [130, 64])  # token blocks of 7 rows; vocabulary chunks
+def test_torch_numpy_products_equal_torch_mm(rng, monkeypatch, dtype, chunk):
+    """The CPU products through NumPy's BLAS give what ``torch.mm`` gives (the path
+    under ``torch.compile`` and on other devices), in both layouts."""
+    from xent._kernels import linear_torch
+
+    monkeypatch.setattr(linear_torch, "MIN_BLOCK_ROWS", 4)
+    monkeypatch.setattr(linear_torch, "_cores", torch.get_num_threads)
+    n, d, v = 37, 6, 700
+    x = torch.tensor(rng.normal(size=(n, d)), dtype=dtype, requires_grad=True)
+    W = torch.tensor(rng.normal(size=(v, d)), dtype=dtype, requires_grad=True)
+    b = torch.tensor(rng.normal(size=v), dtype=dtype, requires_grad=True)
+    t = torch.as_tensor(rng.integers(0, v, n))
+    kw = dict(bias=b, chunk_size=chunk, label_smoothing=0.1, logit_softcap=4.0)
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(linear_torch, "NUMPY_MATMUL", flag)
+        rec = count_products(monkeypatch, lambda: out.__setitem__(flag, (
+            lambda loss: (loss.detach(), *torch.autograd.grad(loss, (x, W, b))))(
+                xent.linear_cross_entropy(x, W, t, **kw))))
+        assert (rec.numpy_products > 0) == flag
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for a, e in zip(out[True], out[False]):
+        np.testing.assert_allclose(a, e, **tol)
+
+
+def test_torch_numpy_products_only_with_torch_threads_on_every_core(rng, monkeypatch):
+    """NumPy's BLAS has its own thread pool (one thread per core): after
+    ``torch.set_num_threads`` with fewer threads than cores the products stay with torch."""
+    from xent._kernels import linear_torch
+
+    x, W, t = _mem_problem(rng)
+    for cores, used in ((torch.get_num_threads(), True), (torch.get_num_threads() + 1, False)):
+        monkeypatch.setattr(linear_torch, "_cores", lambda cores=cores: cores)
+        rec = count_products(monkeypatch, lambda: xent.linear_cross_entropy(
+            x, W, t, chunk_size=MEM_CHUNK).backward())
+        assert (rec.numpy_products > 0) == used

@@ -93,7 +93,9 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
     ``dz^T x`` into the classifier's rows: about four products of the naive
     size per training step instead of three (three with a single chunk), no
     ``[N, V]`` buffer. PyTorch uses a ``torch.autograd.Function`` (any
-    device), JAX a ``custom_vjp`` over ``lax.scan`` (under ``jax.jit`` XLA
+    device; on the CPU, float32/float64 outside ``torch.compile``, its
+    logits products run through NumPy's BLAS, in place on the tensors'
+    memory, while torch uses one thread per core), JAX a ``custom_vjp`` over ``lax.scan`` (under ``jax.jit`` XLA
     never sees the whole logits); NumPy computes the loss only. Without an
     input that requires a gradient only the forward pass runs.
 

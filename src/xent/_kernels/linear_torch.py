@@ -26,7 +26,11 @@ layout is picked per call from the problem's shape:
   at most ``N * chunk // V`` rows (``even_blocks``) hold their full-vocabulary logits, so the
   normalizer is known inside the block and ``G = dl/dZ`` is formed at once in
   the forward pass: ``dX_b = G W`` (written into ``dX``), ``dW += G^T (sw_b
-  X_b)``, ``db += G^T sw_b``. ``dX`` is per row, so the backward pass scales
+  X_b)``, ``db += G^T sw_b`` (the first block writes ``dW`` and ``db``: no
+  zero fill). The block's elementwise work is three passes without options:
+  the row max, ``softmax`` in place (each row stays in cache through its max,
+  exponentials, sum and scaling) and the max of ``p`` (``1 / se``, giving
+  ``lse``); the other options add their own passes. ``dX`` is per row, so the backward pass scales
   it by any cotangent ``g``; ``dW`` and ``db`` need ``g = c * sw`` for one
   scalar ``c``, which the caller promises with ``g_like`` (every reduction
   but ``"none"``; ``c`` is recovered on the device, no host read). Chosen when
@@ -40,11 +44,17 @@ layout is picked per call from the problem's shape:
   about four products per step.
 
 Every product has two large dimensions (``B`` or ``N``, and ``D`` or ``V`` /
-``chunk``). Measured on the loaded 2-core CPU this was written on, in one
-process, interleaved, float32 fwd+bwd at ``N=2048, D=512, V=32768``:
-token-blocked 0.65x the naive ``F.cross_entropy(x @ W.T)``, vocabulary
-chunks 0.96x (budget 10% of the logits, 204-row blocks). With no input
-requiring a gradient only the forward products run.
+``chunk``); on the CPU the logits products run through NumPy's BLAS
+(``NUMPY_MATMUL`` below). Measured on the loaded 2-core CPU this was written
+on, in one process, interleaved, float32 fwd+bwd at ``N=2048, D=512,
+V=32768``: token-blocked 0.65x the naive ``F.cross_entropy(x @ W.T)``,
+vocabulary chunks 0.96x (budget 10% of the logits, 204-row blocks), both
+with ``torch.mm``. At ``N=1024, D=1024, V=16384`` in 342-row blocks (the
+shape of the ``N=4096, D=1024, V=65536`` blocks at a quarter of the
+vocabulary), one thread, all three products on NumPy's BLAS took the
+token-blocked layout from 1.01x to 0.84x the naive path's CPU time; with two
+threads only the logits product gains (see ``NUMPY_MATMUL``). With no
+input requiring a gradient only the forward products run.
 
 The TensorFlow kernel can follow the same plan: the same budget and
 ``block_rows`` rule, the gradients formed in the forward pass of a
@@ -53,6 +63,7 @@ The TensorFlow kernel can follow the same plan: the same budget and
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import array_api_compat.torch as xpt
@@ -67,6 +78,47 @@ _LOW = (torch.float16, torch.bfloat16)
 _cdt = get_backend("torch").compute_dtype
 
 
+#: The CPU logits products ``Z = X W^T`` of float32 / float64 go through NumPy's
+#: BLAS (``numpy.matmul`` with ``out=``, no copy: the arrays share the tensors'
+#: memory) rather than ``torch.mm``. Measured in one process, interleaved, on the
+#: 2-core AMD EPYC this was written on (torch's MKL, NumPy's OpenBLAS): the
+#: token-block product ``[342, 1024] x [1024, V]`` took 0.6x the CPU time of
+#: ``torch.mm`` with one thread, 0.7x with two. The gradient products stay with
+#: torch: ``[342, V] x [V, 1024]`` was 0.85x with one thread but 2x with two, and
+#: ``dW += G^T X`` (``addmm_``) has no in-place NumPy form. NumPy's BLAS has its own thread
+#: pool (one thread per available core unless ``OPENBLAS_NUM_THREADS`` /
+#: ``OMP_NUM_THREADS`` say otherwise), so the path is taken only while torch also
+#: uses one thread per available core: after ``torch.set_num_threads(k)`` with
+#: fewer, ``torch.mm`` runs. Off under ``torch.compile`` (traced code keeps
+#: ``torch.mm``), for other devices and for other dtypes; set to False to use
+#: ``torch.mm`` everywhere.
+NUMPY_MATMUL = True
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _numpy_ok(*ts: Any) -> bool:
+    return (NUMPY_MATMUL and not torch.compiler.is_compiling()
+            and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+                    and t.dtype == ts[0].dtype and not t.is_conj() and not t.is_neg()
+                    for t in ts)
+            and torch.get_num_threads() == _cores())
+
+
+def mm(a: Any, b: Any, out: Any) -> Any:
+    """``out = a @ b`` (2-D; ``out`` a buffer of the kernel, no autograd)."""
+    if _numpy_ok(a, b, out):
+        np.matmul(a.detach().numpy(), b.detach().numpy(), out=out.detach().numpy())
+    else:
+        torch.mm(a, b, out=out)
+    return out
+
+
 def _chunks(o: Opts) -> list[tuple[int, int]]:
     return [(s0, min(s0 + o.chunk, o.num_classes)) for s0 in range(0, o.num_classes, o.chunk)]
 
@@ -77,7 +129,7 @@ def _logits(x: Any, W: Any, b: Any, s0: int, s1: int, o: Opts, buf: Any, th_buf:
     if x.dtype in _LOW:
         z.copy_(x @ W[s0:s1].T)
     else:
-        torch.mm(x, W[s0:s1].T, out=z)
+        mm(x, W[s0:s1].T, z)
     if b is not None:
         z.add_(b[s0:s1])
     th = None
@@ -241,8 +293,9 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
     loss = torch.empty(n, **kw)
     lse_all = torch.empty(n, **kw)
     dX = torch.empty((n, D), **kw) if want_x else None
-    dW = torch.zeros_like(W) if want_w else None
-    db = torch.zeros(nv, **kw) if want_b else None
+    # written by the first block's product, accumulated by the others (no zero fill)
+    dW = torch.empty_like(W) if want_w else None
+    db = torch.empty(nv, **kw) if want_b else None
     S = float(nv) if cw is None else cw.sum()
     grad = any(need)
     for r0, r1, fresh in _blocks(n, B):
@@ -250,20 +303,25 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
         tb = t[r0:r1]
         z, th = _logits(xb, W, b, 0, nv, o, buf, th_buf)
         m = z.amax(1)
-        z.sub_(m[:, None])
-        zt_rel = z.gather(1, tb[:, None])[:, 0]
+        zt_rel = z.gather(1, tb[:, None])[:, 0] - m
         sm = None
-        if s:
+        if s:  # sum_c w_c (z_c - m), from the shifted logits (no cancellation)
+            z.sub_(m[:, None])
             sm = z.sum(1) if cw is None else torch.where(cw != 0, z, 0.0) @ cw
-        se = z.exp_().sum(1)
-        log_se = se.log()
+        # p = softmax(z) in place: one pass over the block (each row in cache), not
+        # separate passes for exp, the sum and the scaling
+        torch.softmax(z, 1, out=z)
+        # the largest p is exp(0) / se (at the row max), so log_se = -log(max p)
+        log_se = -z.amax(1).log()
         lse = m + log_se
         wt = 1.0 if w_t is None else w_t[r0:r1]
         loss[r0:r1] = row_loss(log_se, zt_rel, sm, lse, wt, S, o)
         lse_all[r0:r1] = lse
         if not grad:
             continue
-        z.mul_((grad_scale(lse, wt, S, o) / se)[:, None])
+        a = grad_scale(lse, wt, S, o)
+        if not (isinstance(a, float) and a == 1.0):  # 1 without options: p as it is
+            z.mul_(a[:, None] if isinstance(a, torch.Tensor) and a.ndim else a)
         z.scatter_add_(1, tb[:, None], (-(1.0 - s) * (wt * torch.ones_like(lse)))[:, None])
         if s:
             cwc = torch.ones(nv, **kw) if cw is None else cw
@@ -271,20 +329,25 @@ def _fused(x, W, b, t, w_t, cw, sw, o: Opts, B: int, need):
         if th is not None:
             th.mul_(th).neg_().add_(1.0)
             z.mul_(th)
-        if want_x:
-            torch.mm(z, W, out=dX[r0:r1])
         if want_w or want_b:
             swb = None if sw is None else sw[r0:r1].to(x.dtype)
             if fresh > r0:  # rows the block before already added
                 swb = torch.where(torch.arange(r0, r1, device=x.device) >= fresh,
                                   1.0 if swb is None else swb, 0.0).to(x.dtype)
             if want_w:
-                dW.addmm_(z.T, xb if swb is None else xb * swb[:, None])
-            if want_b:
-                if swb is None:
-                    db.add_(z.sum(0))
+                xw = xb if swb is None else xb * swb[:, None]
+                if r0 == 0:
+                    torch.mm(z.T, xw, out=dW)
                 else:
-                    db.addmv_(z.T, swb)
+                    dW.addmm_(z.T, xw)
+            if want_b:
+                zb = z.sum(0) if swb is None else z.T @ swb
+                if r0 == 0:
+                    db.copy_(zb)
+                else:
+                    db.add_(zb)
+        if want_x:
+            torch.mm(z, W, out=dX[r0:r1])
     return loss, lse_all, (dX, dW, db)
 
 
