@@ -40,12 +40,19 @@ _GPU_CHUNK_BYTES = 1 << 28
 
 @contextmanager
 def _threads(z: torch.Tensor):
-    """How many Python threads to use for ``z``; torch's pool is 1 meanwhile."""
+    """How many Python threads to use for the rows of ``z``; torch's pool is 1 meanwhile.
+
+    One (and torch's pool left alone) on an accelerator, below
+    ``MIN_PARALLEL`` elements, and when the rows do not give every thread a
+    whole chunk: a few long rows (``[8, 50257]``) are then one chunk whose
+    operators torch's own pool splits (see :func:`_one_chunk`), cheaper than
+    starting threads and resetting the pool's size twice per call.
+    """
     if z.device.type != "cpu" or z.numel() < chunks.MIN_PARALLEL:
         yield 1
         return
     n = torch.get_num_threads()
-    if n <= 1 or not _LOCK.acquire(blocking=False):
+    if n <= 1 or z.shape[0] < n * _chunk_rows(z) or not _LOCK.acquire(blocking=False):
         yield 1
         return
     try:
@@ -58,7 +65,19 @@ def _threads(z: torch.Tensor):
 
 def _chunk_rows(z2: torch.Tensor) -> int:
     nbytes = chunks.CHUNK_BYTES if z2.device.type == "cpu" else _GPU_CHUNK_BYTES
-    return chunks.rows_per_chunk(z2.shape[1], 4, nbytes)
+    return chunks.rows_per_chunk(z2.shape[-1], 4, nbytes)
+
+
+def _one_chunk(z2: torch.Tensor, n_threads: int) -> bool:
+    """Whether the rows of ``z2`` are best one chunk (``n_threads`` from :func:`_threads`).
+
+    On the CPU without Python threads, when the whole array is no larger than
+    one chunk per thread of torch's pool: the chunk then stays in those
+    threads' caches, and each operator is one parallel region over all rows
+    instead of one per small chunk.
+    """
+    return (n_threads == 1 and z2.device.type == "cpu"
+            and z2.numel() * 4 <= torch.get_num_threads() * chunks.CHUNK_BYTES)
 
 
 #: Below this many logits the fused path is not taken: the plain composition
@@ -377,7 +396,6 @@ def _run_chunks(z2, cd, grad, chunk):
     content is copied into the gradient rows in the logits' dtype.
     """
     N, C = z2.shape
-    R = _chunk_rows(z2)
 
     def work(lo, hi):
         bufs = _Buffers(R, C, cd, z2.device)
@@ -390,6 +408,7 @@ def _run_chunks(z2, cd, grad, chunk):
                     grad[r0:r1].copy_(out)
 
     with _threads(z2) as n:
+        R = max(1, N) if _one_chunk(z2, n) else _chunk_rows(z2)
         chunks.run_blocks(N, n, work)
 
 
