@@ -11,7 +11,9 @@ Threads (CPU only): the row blocks run in Python threads while torch's own
 intra-op pool is set to one thread (it is restored afterwards); small chunks
 are cheaper that way than waking the pool for every operator. A lock makes
 concurrent calls from several user threads run one at a time through this
-section rather than fight over the setting.
+section rather than fight over the setting. Rows too few to give every
+thread a whole chunk (``[8, 50257]``) are one chunk instead, each operator
+split by torch's own pool (``_one_chunk``).
 
 Falls back (returns None) when: the logits are not contiguous with classes
 last, fewer than ``MIN_FUSED_ELEMENTS``, under ``torch.compile`` (which
@@ -315,6 +317,10 @@ def sparse_loss(call):
     a_sum, on = chunks.sparse_coefficients(wt1, s, C, w_total)
     a_sum = a_sum if isinstance(a_sum, float) else a_sum.to(cd)
 
+    # the default options (no smoothing, weights, z-loss or dropped rows), logits
+    # in the compute dtype
+    plain_rows = s == 0.0 and wt1 is None and zl == 0.0 and k1 is None and z2.dtype == cd
+
     def kernel(z2, need_grad):
         grad = _empty_like(z2) if need_grad else None
         g = _grad_prescale(grad, cd, N)
@@ -323,6 +329,25 @@ def sparse_loss(call):
             src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
                 (N, 1), -on * g, dtype=cd, device=z2.device)
             smooth_g = None if smooth_w is None else smooth_w * g
+        if need_grad and plain_rows and _one_chunk(z2, 1):
+            I = torch.empty((N, 1), dtype=torch.int64, device=z2.device)
+
+            def chunk(r0, r1, w, bufs):
+                # one chunk on torch's pool: three parallel passes (max, softmax,
+                # scale) instead of five, as many as F.cross_entropy's, with one
+                # exp per entry. w = p, and p = 1 / S at the row maximum, so
+                # log S = -log p_max (p_max in [1/C, 1]: nothing underflows)
+                zc, m, ic, tc = z2[r0:r1], M[r0:r1], I[r0:r1], t2[r0:r1]
+                torch.max(zc, 1, keepdim=True, out=(m, ic))
+                torch._softmax(zc, 1, False, out=w)
+                torch.gather(w, 1, ic, out=S[r0:r1])                       # 1 / S
+                torch.gather(zc, 1, tc, out=D[r0:r1]).sub_(m)               # z_t - m
+                if g != 1.0:
+                    w.mul_(g)
+                w.scatter_add_(1, tc, src[r0:r1])
+
+            _run_chunks(z2, cd, grad, chunk)
+            return torch.log(S[:, 0]).neg_() - D[:, 0], grad, g
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
