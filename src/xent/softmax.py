@@ -22,9 +22,8 @@ def _options(label_smoothing: Any, focal_gamma: Any, z_loss: Any, reduction: Any
     return s, g, zl, validate.reduction(reduction)
 
 
-def _prepare(be: Backend, logits: Any, axis: int, sample_weight: Any, valid: Any):
+def _prepare(be: Backend, logits: Any, axis: int, shape: tuple[int, ...]):
     """Common set-up: class axis last (in the logits' dtype), and the compute dtype."""
-    shape = validate.shape_of(logits)
     ax = validate.axis(axis, len(shape))
     if shape[ax] == 0:
         raise ValueError(f"logits must have at least one class along axis {axis}, got shape {shape}")
@@ -121,8 +120,8 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     be, logits = validate.float_array(logits, "logits")
     s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
     label_gradient = validate.flag(label_gradient, "label_gradient")
-    ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
     shape = validate.shape_of(logits)
+    ax, z, cdt = _prepare(be, logits, axis, shape)
     y = validate.convert(be, labels, logits, "labels")
     validate.same_shape(y, shape, "labels",
                  "integer class indices go to sparse_softmax_cross_entropy")
@@ -214,24 +213,29 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     be, logits = validate.float_array(logits, "logits")
     s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
     ignore = validate.ignore_index(ignore_index)
-    ax, z, cdt = _prepare(be, logits, axis, sample_weight, None)
     shape = validate.shape_of(logits)
+    ax, z, cdt = _prepare(be, logits, axis, shape)
     C = shape[ax]
     elem_shape = shape[:ax] + shape[ax + 1:]
     t = validate.convert(be, labels, logits, "labels")
     tshape = validate.shape_of(t)
-    hint = "one-hot or probability labels go to softmax_cross_entropy" if tshape == shape else ""
-    if (not hint and len(shape) >= 3 and ax == len(shape) - 1
-            and tshape == shape[:1] + shape[2:]):
-        hint = "PyTorch's [B, C, T] layout puts the classes on axis 1: pass axis=1"
-    validate.same_shape(t, elem_shape, "labels", hint)
+    if tshape != elem_shape:
+        hint = "one-hot or probability labels go to softmax_cross_entropy" if tshape == shape else ""
+        if (not hint and len(shape) >= 3 and ax == len(shape) - 1
+                and tshape == shape[:1] + shape[2:]):
+            hint = "PyTorch's [B, C, T] layout puts the classes on axis 1: pass axis=1"
+        validate.same_shape(t, elem_shape, "labels", hint)
     validate.integer_labels(be, t, "labels",
                      "probability labels go to softmax_cross_entropy")
     validate.class_indices(be, t, C, ignore)
     nz = validate.normalizer(normalizer, red, be, logits, cdt)
-    t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, logits, elem_shape, cdt)
+    if ignore is None and sample_weight is None:
+        sw = valid = keep = None  # every element counts 1 (the default call)
+    else:
+        t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, logits, elem_shape,
+                                                cdt)
+        keep = reduce.keep_mask(be, sw, valid)
     cw = weights.class_weight(be, class_weight, logits, C, cdt)
-    keep = reduce.keep_mask(be, sw, valid)
     t = be.astype(t, be.index_dtype)
     w_t = norm = None
     if cw is not None:

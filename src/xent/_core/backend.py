@@ -112,6 +112,7 @@ class Backend:
     #: (a mesh axis inside ``jax.shard_map``), or None (no vocabulary parallelism)
     collective: str | None = None
     _compute_dtypes: dict | None = None
+    _integer_dtypes: dict | None = None
 
     def __init__(self) -> None:
         import array_api_compat.numpy as xp
@@ -137,6 +138,20 @@ class Backend:
             cdt = self.float32 if self.dtype_name(dtype) in _LOW_PRECISION else dtype
             self._compute_dtypes[dtype] = cdt
         return cdt
+
+    def is_integer_dtype(self, dtype: Any) -> bool:
+        """Whether ``dtype`` holds integers (signed or unsigned; bool is not one).
+
+        Decided once per dtype, in a cache of this backend instance's own (as
+        :meth:`compute_dtype`: ``torch.compile`` traces the lookup, and a
+        cache shared with TensorFlow's dtypes would not trace).
+        """
+        if self._integer_dtypes is None:
+            self._integer_dtypes = {}
+        known = self._integer_dtypes.get(dtype)
+        if known is None:
+            known = self._integer_dtypes[dtype] = self.dtype_name(dtype).startswith(("int", "uint"))
+        return known
 
     @property
     def float32(self) -> Any:
@@ -397,6 +412,9 @@ class TorchBackend(Backend):
 
         self.xp = xp
         self.torch = torch
+        # bound once: the value checks ask on every call
+        self._is_compiling = torch.compiler.is_compiling
+        self._functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
 
     def dtype_name(self, dtype: Any) -> str:
         return str(dtype).replace("torch.", "")
@@ -424,18 +442,18 @@ class TorchBackend(Backend):
         return bool(mask.any())  # one element crosses to the host, not the mask
 
     def on_host(self, x: Any) -> bool:
-        return x.device.type == "cpu"
+        # ``is_cpu``: ``x.device.type`` builds a device object, several times slower
+        cpu = getattr(x, "is_cpu", None)
+        return x.device.type == "cpu" if cpu is None else cpu
 
     def _compiling(self) -> bool:
-        compiler = getattr(self.torch, "compiler", None)
-        return bool(compiler is not None and compiler.is_compiling())
+        return bool(self._is_compiling())
 
     def _func_transform(self) -> bool:
-        functorch = getattr(self.torch._C, "_are_functorch_transforms_active", None)
-        return bool(functorch is not None and functorch())
+        return self._functorch is not None and bool(self._functorch())
 
     def tracing(self, x: Any) -> bool:
-        return self._compiling() or self._func_transform()
+        return bool(self._is_compiling()) or self._func_transform()
 
     def async_mode(self, tracing: bool) -> str:
         # torch.func transforms: no data-dependent assertion there

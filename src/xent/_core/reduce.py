@@ -149,7 +149,7 @@ def plain_reduction(call: Any) -> str | None:
         return None
     if red == "sum":
         return "sum"
-    return "mean" if math.prod(validate.shape_of(call.z)) > 0 else None
+    return "mean" if 0 not in validate.shape_of(call.z) else None
 
 
 def finish(call: Any, loss: Any) -> Any:
@@ -160,7 +160,9 @@ def finish(call: Any, loss: Any) -> Any:
     """
     if type(loss) is Reduced:
         out = loss.value
-        return out if call.out_dtype is None else call.be.astype(out, call.out_dtype)
+        if call.out_dtype is None or out.dtype == call.out_dtype:
+            return out
+        return call.be.astype(out, call.out_dtype)
     return reduce(call.be, loss, reduction=call.reduction, sample_weight=call.sw, norm=call.norm,
                   valid=call.valid, out_dtype=call.out_dtype, normalizer=call.normalizer)
 

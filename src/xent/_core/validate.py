@@ -267,10 +267,15 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
     position, only ignores ``-100``, and on an accelerator it is a device
     assertion, not a ``ValueError``.
     """
-    if math.prod(shape_of(labels)) == 0:
+    if 0 in shape_of(labels):
         return
     mode = checks.mode_for(be, labels)
-    if mode == "off":
+    if mode == "raise" and be.is_concrete(labels):
+        # the check of every call on valid labels: one reduction, no message
+        lo, hi = be.value_range(labels)  # the mask only to name a bad position
+        if lo >= 0 and hi < num_classes:
+            return
+    elif mode == "off":
         return
     extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
     if hasattr(be, "assert_in_graph") and (mode == "async" or not eager(be, labels)):
@@ -288,9 +293,6 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
                             f"xent: {name} must be class indices in [0, {num_classes}){extra}")
         return
     if not eager(be, labels):
-        return
-    lo, hi = be.value_range(labels)  # one pass; the mask only to name a bad position
-    if lo >= 0 and hi < num_classes:
         return
     with be.eager_scope():
         labels = be.concrete(labels)
@@ -312,16 +314,8 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
 
 
 def integer_labels(be: Backend, labels: Any, name: str = "labels", hint: str = "") -> None:
-    # decided once per dtype, in a cache of this backend's own (torch.compile
-    # traces the lookup: a dict shared with TensorFlow's dtypes would not trace)
-    known = be.__dict__.setdefault("_integer_dtypes", {})
-    dt = labels.dtype
-    if known.get(dt):
-        return
-    name_ = be.dtype_name(dt)
-    known[dt] = name_.startswith(("int", "uint"))
-    if not known[dt]:
-        msg = f"{name} must hold integer class indices, got dtype {name_}"
+    if not be.is_integer_dtype(labels.dtype):
+        msg = f"{name} must hold integer class indices, got dtype {be.dtype_name(labels.dtype)}"
         raise TypeError(msg + (f"; {hint}" if hint else ""))
 
 

@@ -13,7 +13,9 @@ Threads (CPU only): the row blocks run in Python threads while torch's own
 intra-op pool is set to one thread (it is restored afterwards); small chunks
 are cheaper that way than waking the pool for every operator. A lock makes
 concurrent calls from several user threads run one at a time through this
-section rather than fight over the setting.
+section rather than fight over the setting. Rows too few to give every
+thread a whole chunk (``[8, 50257]``) are one chunk instead, each operator
+split by torch's own pool (``_one_chunk``).
 
 Falls back (returns None) when: the logits are not contiguous with classes
 last, fewer than ``MIN_FUSED_ELEMENTS``, under ``torch.compile`` (which
@@ -43,12 +45,19 @@ _GPU_CHUNK_BYTES = 1 << 28
 
 @contextmanager
 def _threads(z: torch.Tensor):
-    """How many Python threads to use for ``z``; torch's pool is 1 meanwhile."""
+    """How many Python threads to use for the rows of ``z``; torch's pool is 1 meanwhile.
+
+    One (and torch's pool left alone) on an accelerator, below
+    ``MIN_PARALLEL`` elements, and when the rows do not give every thread a
+    whole chunk: a few long rows (``[8, 50257]``) are then one chunk whose
+    operators torch's own pool splits (see :func:`_one_chunk`), cheaper than
+    starting threads and resetting the pool's size twice per call.
+    """
     if z.device.type != "cpu" or z.numel() < chunks.MIN_PARALLEL:
         yield 1
         return
     n = torch.get_num_threads()
-    if n <= 1 or not _LOCK.acquire(blocking=False):
+    if n <= 1 or z.shape[0] < n * _chunk_rows(z) or not _LOCK.acquire(blocking=False):
         yield 1
         return
     try:
@@ -61,7 +70,19 @@ def _threads(z: torch.Tensor):
 
 def _chunk_rows(z2: torch.Tensor) -> int:
     nbytes = chunks.CHUNK_BYTES if z2.device.type == "cpu" else _GPU_CHUNK_BYTES
-    return chunks.rows_per_chunk(z2.shape[1], 4, nbytes)
+    return chunks.rows_per_chunk(z2.shape[-1], 4, nbytes)
+
+
+def _one_chunk(z2: torch.Tensor, n_threads: int) -> bool:
+    """Whether the rows of ``z2`` are best one chunk (``n_threads`` from :func:`_threads`).
+
+    On the CPU without Python threads, when the whole array is no larger than
+    one chunk per thread of torch's pool: the chunk then stays in those
+    threads' caches, and each operator is one parallel region over all rows
+    instead of one per small chunk.
+    """
+    return (n_threads == 1 and z2.device.type == "cpu"
+            and z2.numel() * 4 <= torch.get_num_threads() * chunks.CHUNK_BYTES)
 
 
 #: Below this many logits the fused path is not taken: the plain composition
@@ -300,6 +321,10 @@ def sparse_loss(call):
     a_sum, on = chunks.sparse_coefficients(wt1, s, C, w_total)
     a_sum = a_sum if isinstance(a_sum, float) else a_sum.to(cd)
 
+    # the default options (no smoothing, weights, z-loss or dropped rows), logits
+    # in the compute dtype
+    plain_rows = s == 0.0 and wt1 is None and zl == 0.0 and k1 is None and z2.dtype == cd
+
     def kernel(z2, need_grad):
         grad = _empty_like(z2) if need_grad else None
         g = _grad_prescale(grad, cd, N)
@@ -308,6 +333,25 @@ def sparse_loss(call):
             src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
                 (N, 1), -on * g, dtype=cd, device=z2.device)
             smooth_g = None if smooth_w is None else smooth_w * g
+        if need_grad and plain_rows and _one_chunk(z2, 1):
+            I = torch.empty((N, 1), dtype=torch.int64, device=z2.device)
+
+            def chunk(r0, r1, w, bufs):
+                # one chunk on torch's pool: three parallel passes (max, softmax,
+                # scale) instead of five, as many as F.cross_entropy's, with one
+                # exp per entry. w = p, and p = 1 / S at the row maximum, so
+                # log S = -log p_max (p_max in [1/C, 1]: nothing underflows)
+                zc, m, ic, tc = z2[r0:r1], M[r0:r1], I[r0:r1], t2[r0:r1]
+                torch.max(zc, 1, keepdim=True, out=(m, ic))
+                torch._softmax(zc, 1, False, out=w)
+                torch.gather(w, 1, ic, out=S[r0:r1])                       # 1 / S
+                torch.gather(zc, 1, tc, out=D[r0:r1]).sub_(m)               # z_t - m
+                if g != 1.0:
+                    w.mul_(g)
+                w.scatter_add_(1, tc, src[r0:r1])
+
+            _run_chunks(z2, cd, grad, chunk)
+            return torch.log(S[:, 0]).neg_() - D[:, 0], grad, g
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
@@ -381,7 +425,6 @@ def _run_chunks(z2, cd, grad, chunk):
     content is copied into the gradient rows in the logits' dtype.
     """
     N, C = z2.shape
-    R = _chunk_rows(z2)
 
     def work(lo, hi):
         bufs = _Buffers(R, C, cd, z2.device)
@@ -394,6 +437,7 @@ def _run_chunks(z2, cd, grad, chunk):
                     grad[r0:r1].copy_(out)
 
     with _threads(z2) as n:
+        R = max(1, N) if _one_chunk(z2, n) else _chunk_rows(z2)
         chunks.run_blocks(N, n, work)
 
 

@@ -36,7 +36,9 @@ def sparse(call: Call) -> Any:
     s, gamma, zl = call.s, call.gamma, call.zl
     xp = be.xp
     C = call.num_classes
-    z = _masked(be, be.astype(call.z, call.cdt), call.keep, True)
+    z = be.astype(call.z, call.cdt)
+    if call.keep is not None:
+        z = _masked(be, z, call.keep, True)
     if s == 0.0 and gamma == 0.0 and zl == 0.0:
         if w_t is None and call.keep is None:
             red = plain_reduction(call)
