@@ -10,6 +10,8 @@ finite), ``log S = log sum exp(z - m)`` and the loss (formulas in
     l     = A log S - sum_c a_c (z_c - m) + z_loss lse**2
     dl/dz = (A + 2 z_loss lse) p - a
 
+(probability labels: summed as ``sum_c a_c (log S - (z_c - m))``, see
+:func:`_capped`; row sums by :func:`_row_sum`)
 and save only ``[...]``-sized statistics besides their inputs. The backward
 pass recomputes ``p = exp((z - m) - log S)`` and forms
 ``g * ((A + 2 z_loss lse) p - a)`` in one expression, which XLA fuses into one
@@ -105,6 +107,8 @@ def _capped(a, d):
     The loss ``sum_c a_c (lse - z_c)`` is formed after ``log S`` (not as
     ``A log S - sum_c a_c (z_c - m)``), so that XLA schedules its pass after
     the one of ``exp``: the two never hold a ``[..., C]`` buffer at once.
+    Exact for every ``a > 0``: ``a * big`` exceeds half an ulp of 1 even for
+    the smallest subnormal ``a``, so the cap overflows to ``inf``.
     """
     big = d.dtype.max
     return tf.minimum(d, big * (1.0 + a * big))
