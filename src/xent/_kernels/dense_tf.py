@@ -10,6 +10,8 @@ finite), ``log S = log sum exp(z - m)`` and the loss (formulas in
     l     = A log S - sum_c a_c (z_c - m) + z_loss lse**2
     dl/dz = (A + 2 z_loss lse) p - a
 
+(probability labels: summed as ``sum_c a_c (log S - (z_c - m))``, see
+:func:`_capped`; row sums by :func:`_row_sum`)
 and save only ``[...]``-sized statistics besides their inputs. The backward
 pass recomputes ``p = exp((z - m) - log S)`` and forms
 ``g * ((A + 2 z_loss lse) p - a)`` in one expression, which XLA fuses into one
@@ -48,12 +50,33 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+_BY_DOT = []
+
+
+def _row_sum(x):
+    """``sum(x, axis=-1)``; on the CPU, a product with a vector of ones.
+
+    XLA's CPU backend writes the operand of a reduction out to memory (one
+    more ``[..., C]`` buffer and pass), but fuses the elementwise producer of
+    a matrix-vector product into its loop. On a GPU or TPU reductions fuse
+    and a product would go to a library call: ``reduce_sum`` there. Decided
+    once, at the first trace, from the devices TensorFlow sees.
+    """
+    if not _BY_DOT:
+        _BY_DOT.append(not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")))
+    if not _BY_DOT[0]:
+        return tf.reduce_sum(x, axis=-1)
+    C = x.shape[-1]
+    rows = tf.linalg.matvec(tf.reshape(x, (-1, C)), tf.ones((C,), x.dtype))
+    return tf.reshape(rows, tf.shape(x)[:-1])
+
+
 def _stats(zc):
-    """``(z - m, log S)``: ``m`` the row maximum (0 where not finite), ``[..., C]`` and ``[...]``."""
+    """``(z - m, m, log S)``: ``m`` the row maximum (0 where not finite), ``[..., C]``, ``[...]``, ``[...]``."""
     m = tf.reduce_max(zc, axis=-1, keepdims=True)
     m = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
     zs = zc - m
-    return zs, m[..., 0], tf.math.log(tf.reduce_sum(tf.exp(zs), axis=-1))
+    return zs, m[..., 0], tf.math.log(_row_sum(tf.exp(zs)))
 
 
 def _guarded(a, zs):
@@ -76,6 +99,19 @@ def _gated(a, zs):
     """
     big = zs.dtype.max
     return tf.maximum(zs, -big * (1.0 + a * big))
+
+
+def _capped(a, d):
+    """``d`` (``lse - z >= 0``), capped at the largest finite number where ``a == 0``: ``a * _capped(a, d)`` is 0 there.
+
+    The loss ``sum_c a_c (lse - z_c)`` is formed after ``log S`` (not as
+    ``A log S - sum_c a_c (z_c - m)``), so that XLA schedules its pass after
+    the one of ``exp``: the two never hold a ``[..., C]`` buffer at once.
+    Exact for every ``a > 0``: ``a * big`` exceeds half an ulp of 1 even for
+    the smallest subnormal ``a``, so the cap overflows to ``inf``.
+    """
+    big = d.dtype.max
+    return tf.minimum(d, big * (1.0 + a * big))
 
 
 def _dz(z, cdt, coef, sub, m, log_s):
@@ -179,8 +215,8 @@ def dense_loss(call):
     @tf.custom_gradient
     def f(z, ai):
         zs, m, log_s = _stats(tf.cast(z, cdt))
-        A = tf.reduce_sum(ai, axis=-1)
-        loss = A * log_s - tf.reduce_sum(ai * _gated(ai, zs), axis=-1)
+        A = _row_sum(ai)
+        loss = _row_sum(ai * _capped(ai, log_s[..., None] - zs))
         loss, lse = _with_z_loss(loss, m, log_s, zl)
 
         def grad(g):
