@@ -27,7 +27,9 @@ buffer) the step would keep over 20% of the logits. An explicit
 ``tf.GradientTape``) the XLA program keeps 3.5% of the float32 logits as
 scratch at N=2048, D=512, V=32768 and at N=4096, D=1024, V=65536, 3.1% at
 N=8192, D=512, V=131072; the naive
-``tf.nn.sparse_softmax_cross_entropy_with_logits(labels, x @ W.T)`` 200%.
+``tf.nn.sparse_softmax_cross_entropy_with_logits(labels, x @ W.T)`` 200%. The process's peak
+resident memory over one such step after warm-up, less the returned gradients,
+rose by 4.5% of the logits at N=2048, D=512, V=32768 (the unrolled loop: 150%).
 
 float16 / bfloat16 inputs are cast to float32 (the inputs once, the
 classifier one chunk at a time) and accumulated in float32.
