@@ -146,8 +146,8 @@ LIN_OPTS = {
 # one before (1013 = 3 * 256 + 245); 100 does not divide V either
 LIN_CASES = ([("everything", r, "eager", None) for r in LIN_REDUCTIONS]
              + [("everything", r, m, 100) for r in ("none", "mean") for m in ("function", "jit")]
-             + [("everything", "sum_by_nonzero_weights", "jit", None), ("plain", "mean", "jit", None),
-                ("bias_softcap_ignore", "none", "jit", 100)])
+             + [("everything", "sum_by_nonzero_weights", "jit", None),
+                ("plain", "mean", "jit", None), ("bias_softcap_ignore", "none", "jit", 100)])
 
 
 def _linear_problem(rng, opts, N=37, D=7, V=1013):
