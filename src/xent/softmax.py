@@ -229,12 +229,8 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                      "probability labels go to softmax_cross_entropy")
     validate.class_indices(be, t, C, ignore)
     nz = validate.normalizer(normalizer, red, be, logits, cdt)
-    if ignore is None and sample_weight is None:
-        sw = valid = keep = None  # every element counts 1 (the default call)
-    else:
-        t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, logits, elem_shape,
-                                                cdt)
-        keep = reduce.keep_mask(be, sw, valid)
+    t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, logits, elem_shape, cdt)
+    keep = reduce.keep_mask(be, sw, valid)
     cw = weights.class_weight(be, class_weight, logits, C, cdt)
     t = be.astype(t, be.index_dtype)
     w_t = norm = None
