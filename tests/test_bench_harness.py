@@ -44,3 +44,39 @@ def test_floor_column_in_dense_tables(bench):
                           row("torch F.cross_entropy", True, 3.0), row("xent torch", False, 1.5)])
     assert "t÷floor" in text
     assert "3.00" in text and "1.50" in text
+
+
+def test_small_overhead_steps_are_timed_per_call(bench, monkeypatch):
+    """A step with ``inner`` calls is timed as a whole and reported per call."""
+    from types import SimpleNamespace
+
+    from benchmarks import registry, runner
+    from benchmarks.cases import overhead
+
+    assert overhead.calls_per_step({"n": 64, "c": 10}) == overhead.MAX_CALLS
+    assert overhead.calls_per_step({"n": 512, "c": 100}) == 390
+    assert overhead.calls_per_step({"n": 4096, "c": 1000}) == 4
+    assert overhead.calls_per_step({"n": 8192, "c": 32768}) == 1
+
+    calls = []
+
+    def make(size, backward):
+        return lambda: calls.append(1)
+
+    step = overhead._repeated(make)({"n": 512, "c": 100}, True)
+    assert step.inner == 390
+    step()
+    assert len(calls) == 390
+
+    clock = iter(range(0, 10**6, 1))  # each perf_counter() reads 1 s later
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: float(next(clock)))
+    class Step:
+        inner = 4
+
+        def __call__(self):
+            pass
+
+    fake = SimpleNamespace(fn=lambda size, backward: Step(), input_bytes=None)
+    monkeypatch.setattr(registry, "find", lambda key: fake)
+    out = runner.measure("x", {}, True, reps=3, warmup=0)
+    assert out["time_s"] == pytest.approx(1 / 4)  # 1 s between the two reads, over 4 calls
