@@ -158,7 +158,67 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     return reduce.finish(call, kernels.run("dense", call))
 
 
-@hinted
+def _plain_sparse(logits: Any, labels: Any, reduction: str = "mean") -> Any:
+    """A sparse call whose options are all at their defaults (but ``reduction``), or None.
+
+    The short path of :func:`sparse_softmax_cross_entropy`: it checks what the
+    general path checks, in fewer Python calls, builds the same record
+    (classes already last, nothing ignored or weighted) and hands it to the
+    table's plain entry (``table.run_plain``). None when anything is
+    not the common case (labels of another type than the logits, a wrong shape
+    or dtype, no class axis, a class count that is not a Python int, as under
+    ``torch.compile`` with dynamic shapes, a shape that is not a tuple, as
+    TensorFlow's): the general path then decides, and
+    raises its own error. The shapes are compared as the library gives them
+    (``torch.Size``: converting them to tuples costs more than the compare).
+    The label range is checked by the general path's own
+    :func:`validate.class_indices`, so every ``xent.value_checks`` mode behaves
+    (and words its errors) exactly as there.
+    """
+    if type(labels) is not type(logits):
+        return None
+    pairs = _PLAIN_PAIRS.get(type(logits))
+    facts = None if pairs is None else pairs.get((logits.dtype, labels.dtype))
+    if facts is None:
+        facts = _plain_pair(logits, labels)
+        if facts is None:
+            return None
+    be, cdt, index = facts
+    shape, tshape = logits.shape, labels.shape
+    if not isinstance(shape, tuple):
+        return None  # TensorFlow's TensorShape (maybe of unknown sizes): the general path
+    C = shape[-1] if shape else 0
+    if type(C) is not int or not C or tshape != shape[:-1]:
+        return None
+    validate.class_indices(be, labels, C, None, shape=tshape)
+    call = Call(be, logits, labels if index is None else be.astype(labels, index), C, cdt,
+                logits.dtype, reduction, grad_z=be.needs_grad(logits))
+    return reduce.finish(call, kernels.run_plain("sparse", call))
+
+
+#: array type -> {(logits dtype, labels dtype): (backend, compute dtype, index dtype
+#: to convert the labels to or None)}: what the short path needs to know of a
+#: dtype pair, decided once (one dict per array type: ``torch.compile`` traces
+#: the look-up of a dict whose keys are torch dtypes only)
+_PLAIN_PAIRS: dict[type, dict] = {}
+
+
+def _plain_pair(logits: Any, labels: Any) -> tuple | None:
+    """The facts of ``_PLAIN_PAIRS`` for the arrays' dtypes (stored), or None: not a plain pair.
+
+    Floating-point logits (else the ``TypeError`` of the general path, raised
+    here first) and integer labels of the same array type.
+    """
+    be, z = validate.float_array(logits, "logits")
+    if z is not logits or not be.is_integer_dtype(labels.dtype):
+        return None  # converted (a list): the general path converts the labels too
+    index = be.index_dtype
+    facts = (be, be.compute_dtype(logits.dtype), None if labels.dtype == index else index)
+    _PLAIN_PAIRS.setdefault(type(logits), {})[(logits.dtype, labels.dtype)] = facts
+    return facts
+
+
+@hinted(plain=_plain_sparse)
 def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
                                  class_weight: Any = None, label_smoothing: float = 0.0,
                                  ignore_index: int | None = None, focal_gamma: float = 0.0,
@@ -210,6 +270,14 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     References: TensorFlow ``tf.nn.sparse_softmax_cross_entropy_with_logits``;
     PyTorch ``torch.nn.functional.cross_entropy``.
     """
+    if (class_weight is None and ignore_index is None and sample_weight is None
+            and normalizer is None and type(axis) is int and axis == -1
+            and type(label_smoothing) is float and type(focal_gamma) is float
+            and type(z_loss) is float and not (label_smoothing or focal_gamma or z_loss)
+            and reduction in validate.REDUCTIONS):
+        out = _plain_sparse(logits, labels, reduction)
+        if out is not None:
+            return out
     be, logits = validate.float_array(logits, "logits")
     s, gamma, zl, red = _options(label_smoothing, focal_gamma, z_loss, reduction)
     ignore = validate.ignore_index(ignore_index)
@@ -241,3 +309,4 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     call = Call(be, z, t, C, cdt, logits.dtype, red, s, gamma, zl, cw=cw, w_t=w_t, sw=sw,
                 valid=valid, keep=keep, norm=norm, normalizer=nz, grad_z=be.needs_grad(logits))
     return reduce.finish(call, kernels.run("sparse", call))
+

@@ -453,7 +453,9 @@ class TorchBackend(Backend):
         return self._functorch is not None and bool(self._functorch())
 
     def tracing(self, x: Any) -> bool:
-        return bool(self._is_compiling()) or self._func_transform()
+        # _func_transform inlined: every value check asks
+        return bool(self._is_compiling()) or (self._functorch is not None
+                                              and bool(self._functorch()))
 
     def async_mode(self, tracing: bool) -> str:
         # torch.func transforms: no data-dependent assertion there

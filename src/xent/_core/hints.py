@@ -95,16 +95,28 @@ def _all_zero_one(x: Any) -> bool:
     return a.size > 0 and bool(np.all((a == 0) | (a == 1))) and bool(np.any(a == 1))
 
 
-def hinted(fn: Callable) -> Callable:
+def hinted(fn: Callable | None = None, *, plain: Callable | None = None) -> Callable:
     """``fn`` with peer-habit hints on its errors (same signature and docstring).
 
     ``TypeError``: the keyword hints above. ``ValueError`` "labels must be in [0, ...]"
     while the first array holds only 0s and 1s: the arrays were passed labels first.
+
+    ``plain``: the loss's short path for a call with two arrays and no keyword
+    (every option at its default: the wrapper sees that for free, ``fn``
+    would compare each default). ``plain(logits, labels)`` returns the result,
+    or None to leave the call to ``fn``; it raises only the errors ``fn``
+    would raise (and gets the same hints).
     """
+    if fn is None:
+        return functools.partial(hinted, plain=plain)
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
+            if plain is not None and not kwargs and len(args) == 2:
+                out = plain(*args)
+                if out is not None:
+                    return out
             return fn(*args, **kwargs)
         except TypeError as err:
             if not kwargs:

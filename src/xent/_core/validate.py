@@ -256,7 +256,7 @@ def _bounds_hold(be: Backend, x: Any, low: float, high: float) -> bool:
 
 
 def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
-                  name: str = "labels") -> None:
+                  name: str = "labels", shape: Any = None) -> None:
     """Integer labels in [0, num_classes) or equal to ``ignore_index`` (see :func:`in_range`).
 
     In "raise" mode on valid labels this costs one reduction and two scalar
@@ -265,9 +265,10 @@ def class_indices(be: Backend, labels: Any, num_classes: int, ignore_index: Any,
     two separate ``min``/``max`` reads). The check is not left to
     ``F.nll_loss``: its error names neither the argument nor the first bad
     position, only ignores ``-100``, and on an accelerator it is a device
-    assertion, not a ``ValueError``.
+    assertion, not a ``ValueError``. ``shape``: the labels' shape where the
+    caller has it (any sequence of the sizes), else read here.
     """
-    if 0 in shape_of(labels):
+    if 0 in (shape_of(labels) if shape is None else shape):
         return
     mode = checks.mode_for(be, labels)
     if mode == "raise" and be.is_concrete(labels):
