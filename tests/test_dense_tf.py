@@ -147,20 +147,26 @@ def test_masks_and_extremes(mode):
             assert (fused[1][:, 4] == 0).all()
 
 
+def _half_matches(fn, z, mode="eager"):
+    """Value and gradient in the half dtype of ``z``, close to the reference's; returns the fused pair."""
+    fused, ref = _both(fn, z, mode=mode)
+    out = fn(z)
+    assert out.dtype == z.dtype
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        loss = fn(z)
+    assert tape.gradient(loss, z).dtype == z.dtype
+    for a, b in zip(fused, ref):
+        np.testing.assert_allclose(np.float64(a), np.float64(b), rtol=1e-2, atol=1e-3)
+    return fused
+
+
 @pytest.mark.parametrize("dt", ["float16", "bfloat16"])
 def test_half_precision(dt):
     z = tf.cast(tf.constant(Z), dt)
     for fn in (lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(T), label_smoothing=0.1),
                lambda z: xent.softmax_cross_entropy(z, tf.constant(Y, tf.float32))):
-        fused, ref = _both(fn, z)
-        out = fn(z)
-        assert out.dtype == z.dtype
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            loss = fn(z)
-        assert tape.gradient(loss, z).dtype == z.dtype
-        for a, b in zip(fused, ref):
-            np.testing.assert_allclose(np.float64(a), np.float64(b), rtol=1e-2, atol=1e-3)
+        _half_matches(fn, z)
 
 
 def test_zero_weight_nan_padding_and_all_ignored():
@@ -186,11 +192,12 @@ def test_zero_weight_nan_padding_and_all_ignored():
     assert (fused[1] == 0).all()
 
 
-def test_second_derivative_wrt_logits():
-    wgt = tf.constant(RNG.random(Z.shape))
+def _second_derivatives_match(fns, z0, rtol, atol):
+    """Hessian-vector products w.r.t. the logits (nested tapes) of each ``fn``, fused vs reference."""
+    wgt = tf.constant(RNG.random(z0.shape))
 
     def hv(fn):
-        z = tf.constant(Z)
+        z = tf.constant(z0)
         with tf.GradientTape() as outer:
             outer.watch(z)
             with tf.GradientTape() as inner:
@@ -199,14 +206,20 @@ def test_second_derivative_wrt_logits():
             total = tf.reduce_sum(inner.gradient(loss, z) * wgt)
         return outer.gradient(total, z).numpy()
 
-    for fn in (lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(T), z_loss=0.01,
-                                                           label_smoothing=0.1),
-               lambda z: xent.softmax_cross_entropy(z, tf.constant(Y), z_loss=0.01)):
+    for fn in fns:
         ours = hv(fn)
         with table.disabled():
             ref = hv(fn)
         assert np.abs(ref).max() > 1e-3
-        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol)
+
+
+def test_second_derivative_wrt_logits():
+    _second_derivatives_match(
+        (lambda z: xent.sparse_softmax_cross_entropy(z, tf.constant(T), z_loss=0.01,
+                                                     label_smoothing=0.1),
+         lambda z: xent.softmax_cross_entropy(z, tf.constant(Y), z_loss=0.01)),
+        Z, rtol=1e-9, atol=1e-12)
 
 
 def test_declines_focal(spy):
@@ -215,6 +228,10 @@ def test_declines_focal(spy):
     assert spy == [("sparse", False), ("dense", False)]
     xent.sparse_softmax_cross_entropy(tf.constant(Z), tf.constant(T))
     assert spy[-1] == ("sparse", True)
+    del spy[:]
+    for kw in ({"focal_gamma": 2.0}, {"focal_alpha": 0.25}, {}):
+        xent.sigmoid_cross_entropy(tf.constant(Z), tf.constant(YB), **kw)
+    assert spy == [("sigmoid", False), ("sigmoid", False), ("sigmoid", True)]
 
 
 def _nc_buffers(fn, z):
@@ -322,6 +339,14 @@ def total(lf):
 print(total(xent.softmax_cross_entropy),
       total(lambda z, y: tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z))),
       N * C * 4)
+t = tf.random.uniform((N,), 0, C, tf.int64)
+yb = tf.cast(tf.random.uniform((N, C)) < 0.1, tf.float32)
+print(total(lambda z, y: xent.sparse_softmax_cross_entropy(z, t)),
+      total(lambda z, y: tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels=t, logits=z))))
+print(total(lambda z, y: xent.sigmoid_cross_entropy(z, yb)),
+      total(lambda z, y: tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+          labels=yb, logits=z))))
 """
 
 
@@ -339,6 +364,187 @@ def test_xla_peak_memory_of_soft_loss_not_above_tf():
     out = subprocess.run([sys.executable, "-c", _PEAK], env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    ours, theirs, nc = map(int, out.stdout.split()[-3:])
+    lines = out.stdout.strip().splitlines()
+    ours, theirs, nc = map(int, lines[-3].split())
     assert theirs >= 3 * nc             # the inputs and tf.nn's one temporary
     assert ours < theirs + nc // 2, (ours, theirs, nc)
+    # integer labels: no buffer more than tf.nn, not even the [C] vector of a row-sum product
+    ours, theirs = map(int, lines[-2].split())
+    assert theirs >= nc and ours <= theirs, (ours, theirs, nc)
+    # sigmoid: the elementwise loss and its sum; tf.nn holds one [N, C] temporary more
+    ours, theirs = map(int, lines[-1].split())
+    assert theirs >= 3 * nc and ours <= theirs - nc, (ours, theirs, nc)
+
+
+# ------------------------------------------------------------- sigmoid ---
+YB = (RNG.random((6, 5)) < 0.4).astype(np.float64)
+YS = RNG.random((6, 5))
+PW = RNG.random(5) + 0.5
+SW = RNG.random((6, 1)) + 0.1
+
+SIGMOID = {
+    "mean": lambda z, y, pw: xent.sigmoid_cross_entropy(z, y),
+    "none_pw_smooth": lambda z, y, pw: xent.sigmoid_cross_entropy(
+        z, y, pos_weight=pw, label_smoothing=0.2, reduction="none"),
+    "sum_pw": lambda z, y, pw: xent.sigmoid_cross_entropy(z, y, pos_weight=pw, reduction="sum"),
+    "mean_sw": lambda z, y, pw: xent.sigmoid_cross_entropy(
+        z, y, pos_weight=pw, sample_weight=SW, label_smoothing=0.1),
+    "sobs_normalizer": lambda z, y, pw: xent.sigmoid_cross_entropy(
+        z, y, sample_weight=SW[:, 0][:, None] * np.ones(5), normalizer=7.0),
+}
+
+
+def _sig_formula(z, y, pw=1.0, s=0.0):
+    """float64: loss, d/dz, d/dy, d/dpw (per element) of ``pw y' sp(-z) + (1 - y') sp(z)``."""
+    ys = (1 - s) * y + s / 2
+    sp = np.logaddexp(z, 0.0)
+    spn = np.logaddexp(-z, 0.0)
+    sig, sig_neg = 1 / (1 + np.exp(-z)), 1 / (1 + np.exp(z))
+    loss = pw * ys * spn + (1 - ys) * sp
+    return loss, (1 - ys) * sig - pw * ys * sig_neg, (1 - s) * (pw * spn - sp), ys * spn
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+@pytest.mark.parametrize("name", list(SIGMOID))
+def test_sigmoid_matches_reference(name, mode, spy):
+    """Values and the gradients to the logits, labels and ``pos_weight`` (float64)."""
+    fused, ref = _both(SIGMOID[name], tf.constant(Z), tf.constant(YS), tf.constant(PW), mode=mode)
+    assert ("sigmoid", True) in spy
+    assert fused[2] is not None         # the labels' gradient
+    for a, b in zip(fused, ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_sigmoid_float64_formula(mode):
+    s = 0.2
+    val, dz, dy, dpw = _sig_formula(Z, YS, PW, s)
+    loss, gz, gy, gpw = _grads(lambda z, y, pw: xent.sigmoid_cross_entropy(
+        z, y, pos_weight=pw, label_smoothing=s, reduction="none"),
+        tf.constant(Z), tf.constant(YS), tf.constant(PW), mode=mode)
+    np.testing.assert_allclose(loss, val, rtol=1e-13)
+    np.testing.assert_allclose(gz, dz, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gy, dy, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(gpw, dpw.sum(0), rtol=1e-12)
+    loss, gz = _grads(lambda z: xent.sigmoid_cross_entropy(z, tf.constant(YS)), tf.constant(Z),
+                      mode=mode)
+    val, dz, _, _ = _sig_formula(Z, YS)
+    np.testing.assert_allclose(loss, val.mean(), rtol=1e-13)
+    np.testing.assert_allclose(gz, dz / Z.size, rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+def test_sigmoid_matches_tf_ops(mode):
+    """``tf.nn.sigmoid_cross_entropy_with_logits`` / ``weighted_cross_entropy_with_logits``."""
+    z, y = tf.constant(Z, tf.float32), tf.constant(YS, tf.float32)
+    pairs = [
+        (lambda z, y: xent.sigmoid_cross_entropy(z, y, reduction="none"),
+         lambda z, y: tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)),
+        (lambda z, y: xent.sigmoid_cross_entropy(z, y, pos_weight=2.5, reduction="none"),
+         lambda z, y: tf.nn.weighted_cross_entropy_with_logits(labels=y, logits=z, pos_weight=2.5)),
+        (lambda z, y: xent.sigmoid_cross_entropy(z, y),
+         lambda z, y: tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z))),
+    ]
+    for ours, theirs in pairs:
+        a, b = _grads(ours, z, y, mode=mode), _grads(theirs, z, y, mode=mode)
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(u, v, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_sigmoid_extremes_and_infinities(mode):
+    """+-1e4 logits; -inf with label 0 and +inf with label 1 give 0 loss and 0 gradients."""
+    z, y = Z.copy(), YB.copy()
+    z[0], y[0] = [1e4, -1e4, 1e4, -1e4, 0.0], [1, 0, 0, 1, 0.5]
+    z[1], y[1] = [-np.inf, np.inf, -np.inf, np.inf, 3.0], [0, 1, 0, 1, 1]
+    for dt in (tf.float32, tf.float64):
+        fn = lambda z, y: xent.sigmoid_cross_entropy(z, y, pos_weight=PW, reduction="none")  # noqa
+        fused, ref = _both(fn, tf.constant(z, dt), tf.constant(y, dt), mode=mode)
+        for a, b in zip(fused, ref):
+            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        loss, gz, gy = fused
+        np.testing.assert_allclose(loss[0], [0, 0, 1e4, 1e4 * PW[3], np.log(2) * (PW[4] + 1) / 2],
+                                   rtol=1e-6)
+        assert (loss[1, :4] == 0).all() and (gz[1, :4] == 0).all() and (gy[1, :4] == 0).all()
+        assert np.isfinite(gz).all() and np.isfinite(gy[2:]).all()
+    z[1, 0], y[1, 0] = -np.inf, 1.0     # a positive label on a -inf logit: loss +inf, gradient -pw
+    fused, ref = _both(lambda z: xent.sigmoid_cross_entropy(z, tf.constant(y), pos_weight=PW,
+                                                            reduction="none"),
+                       tf.constant(z), mode=mode)
+    assert fused[0][1, 0] == np.inf and fused[1][1, 0] == -PW[0] == ref[1][1, 0]
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_sigmoid_zero_weight_nan_and_empty(mode):
+    z, y = Z.copy(), YS.copy()
+    z[2], y[3, 1] = np.nan, np.nan
+    sw = np.ones((6, 5))
+    sw[2], sw[3, 1] = 0, 0
+    for red in ("mean", "none", "sum_by_nonzero_weights"):
+        fn = lambda z, y: xent.sigmoid_cross_entropy(  # noqa: E731
+            z, y, pos_weight=PW, sample_weight=sw, label_smoothing=0.1, reduction=red)
+        fused, ref = _both(fn, tf.constant(z), tf.constant(y), mode=mode)
+        for a, b in zip(fused, ref):
+            assert np.isfinite(a).all()
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        assert (fused[1][2] == 0).all() and fused[2][3, 1] == 0
+    for shape in ((0, 5), (5,), (2, 3, 5)):
+        z = tf.constant(RNG.normal(size=shape))
+        y = tf.constant(RNG.random(shape))
+        for red in ("none", "mean", "sum"):
+            fn = lambda z, y: xent.sigmoid_cross_entropy(z, y, reduction=red)  # noqa: E731
+            fused, ref = _both(fn, z, y, mode=mode)
+            assert fused[1].shape == shape and fused[2].shape == shape
+            for a, b in zip(fused, ref):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dt", ["float16", "bfloat16"])
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_sigmoid_half_precision(dt, mode):
+    z = tf.cast(tf.constant(Z), dt)
+    y = tf.constant(YS, tf.float32)
+    for red in ("none", "mean"):
+        fused = _half_matches(
+            lambda z: xent.sigmoid_cross_entropy(z, y, pos_weight=PW, reduction=red), z, mode)
+        val, dz, _, _ = _sig_formula(np.float64(z.numpy()), YS, PW)
+        if red == "none":
+            np.testing.assert_allclose(np.float64(fused[0]), val, rtol=1e-2, atol=1e-3)
+            np.testing.assert_allclose(np.float64(fused[1]), dz, rtol=2e-2, atol=2e-3)
+
+
+def test_sigmoid_second_derivative():
+    z0 = Z.copy()
+    z0[0, 0] = 0.0                      # the select's one-sided derivative at 0
+    _second_derivatives_match(
+        (lambda z: xent.sigmoid_cross_entropy(z, tf.constant(YS), pos_weight=PW),
+         lambda z: xent.sigmoid_cross_entropy(z, tf.constant(YS), label_smoothing=0.1,
+                                              sample_weight=SW, reduction="none")),
+        z0, rtol=1e-10, atol=1e-13)
+
+
+def test_sigmoid_xla_materializes_no_more_nc_buffers_than_tf():
+    z = tf.constant(RNG.normal(size=(64, 96)), tf.float32)
+    y = tf.constant((RNG.random((64, 96)) < 0.2).astype(np.float32))
+    for kw, theirs in (({}, lambda z: tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)),
+                       ({"pos_weight": 3.0}, lambda z: tf.nn.weighted_cross_entropy_with_logits(
+                           labels=y, logits=z, pos_weight=3.0))):
+        a = _nc_buffers(lambda z: xent.sigmoid_cross_entropy(z, y, reduction="none", **kw), z)
+        b = _nc_buffers(theirs, z)
+        assert a <= b, (a, b)
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_sigmoid_confident_gradients_keep_relative_precision(mode):
+    """float32 ``z = +-20, +-60`` on their correct labels: the gradient ``-+pw e^-|z|``, not 0."""
+    z = np.array([20.0, -20.0, 60.0, -60.0])
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    _, dz, _, _ = _sig_formula(z, y, 2.0)
+    _, gz = _grads(lambda z: xent.sigmoid_cross_entropy(z, tf.constant(y, tf.float32), pos_weight=2.0,
+                                                        reduction="none"),
+                   tf.constant(z, tf.float32), mode=mode)
+    assert (np.abs(dz) > 0).all()
+    np.testing.assert_allclose(gz, dz, rtol=1e-5)
