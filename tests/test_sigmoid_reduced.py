@@ -248,7 +248,7 @@ def test_infinite_logits_on_disagreeing_labels_are_infinite(spy):
 
 
 def test_confident_entries_keep_their_digits_float32(spy):
-    """log1p from log plus the exact correction: tiny losses are not rounded to 0."""
+    """``log1p(exp(-|z|))`` keeps the digits of tiny losses: they are not rounded to 0."""
     z = np.array([[8.0, 17.0, 25.0, 60.0, -8.0, -17.0, -25.0, -60.0]] * 3, np.float32)
     y = np.array([[1.0] * 4 + [0.0] * 4] * 3, np.float32)
     got = xent.sigmoid_cross_entropy(torch.tensor(z), torch.tensor(y), reduction="sum")
@@ -387,3 +387,30 @@ def test_reduce_total_denominators_match_reduce():
                                   normalizer=kw.get("normalizer"))
             got = _reduce.reduce_total(call, total, loss.numel())
             torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("opts", [{}, {"pos_weight": "vector"}, {"sample_weight": "row"}],
+                         ids=["plain", "pos_weight", "row_weights"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_row_sums_fall_back_to_nansum_only_on_chunks_with_infinite_logits(opts, dtype, spy,
+                                                                          monkeypatch):
+    """The max terms' row sums are fused dots; a chunk with an infinite logit
+    (``0 * inf``) is summed again by products and ``nansum``: same values."""
+    calls = []
+    orig = _dt._clamped_nansums
+    monkeypatch.setattr(_dt, "_clamped_nansums", lambda *a: calls.append(1) or orig(*a))
+    z, y, rng = _data(seed=7)
+    z[0, :6] = [3.0, -2.0, 1.0, -1.0, 30.0, -30.0]  # finite: only row 7's chunk falls back
+    z[7, :4] = [np.inf, -np.inf, np.inf, -np.inf]
+    y[7, :4] = [1.0, 0.0, 1.0, 0.0]
+    kw = _options(opts, rng, z.shape)
+    for reduction in ("sum", "mean"):
+        calls.clear(), spy.clear()
+        value, grad = _run(z, y, dtype=dtype, reduction=reduction, **kw)
+        assert spy == ["reduced"] and calls == [1]  # chunks of 3 rows: rows 6-8
+        want, want_g = _ref(z, y, reduction=reduction, sw=kw.get("sample_weight"),
+                            pw=kw.get("pos_weight"))
+        tol = (1e-12, 1e-15) if dtype == torch.float64 else (2e-6, 1e-8)
+        np.testing.assert_allclose(value.numpy(), want, rtol=tol[0])
+        np.testing.assert_allclose(grad.numpy(), want_g, rtol=tol[0] * 100, atol=tol[1])
+        assert (grad[7, :4] == 0).all()
