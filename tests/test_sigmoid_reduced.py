@@ -389,28 +389,40 @@ def test_reduce_total_denominators_match_reduce():
             torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
 
 
-@pytest.mark.parametrize("opts", [{}, {"pos_weight": "vector"}, {"sample_weight": "row"}],
-                         ids=["plain", "pos_weight", "row_weights"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_row_sums_fall_back_to_nansum_only_on_chunks_with_infinite_logits(opts, dtype, spy,
-                                                                          monkeypatch):
-    """The max terms' row sums are fused dots; a chunk with an infinite logit
-    (``0 * inf``) is summed again by products and ``nansum``: same values."""
-    calls = []
-    orig = _dt._clamped_nansums
-    monkeypatch.setattr(_dt, "_clamped_nansums", lambda *a: calls.append(1) or orig(*a))
-    z, y, rng = _data(seed=7)
-    z[0, :6] = [3.0, -2.0, 1.0, -1.0, 30.0, -30.0]  # finite: only row 7's chunk falls back
-    z[7, :4] = [np.inf, -np.inf, np.inf, -np.inf]
-    y[7, :4] = [1.0, 0.0, 1.0, 0.0]
+@pytest.mark.parametrize("c", [96, 128, 13])
+@pytest.mark.parametrize("opts", [{}, {"pos_weight": "vector"}, {"label_smoothing": 0.1}],
+                         ids=["plain", "pos_weight", "smoothing"])
+def test_float32_log_sum_by_float64_group_products_keeps_tiny_losses(c, opts, spy, monkeypatch):
+    """float32, no weights: sum log(1 + e) from logarithms of float64 products of
+    groups of a row (C = 96, 128: one group of the row; C = 13: no divisor, per
+    entry). A row of zero logits has u = 2: a product of 128 of them is 2**128,
+    past the float32 range."""
+    groups = []
+    orig = _dt._log_group
+    monkeypatch.setattr(_dt, "_log_group", lambda C: groups.append(orig(C)) or groups[-1])
+    rng = np.random.default_rng(11)
+    z = (rng.standard_normal((11, c)) * 6).astype(np.float32)
+    y = np.where(rng.random((11, c)) < 0.3, 1.0, 0.0).astype(np.float32)
+    z[2] = np.where(y[2] == 1, 1.0, -1.0) * rng.uniform(15, 40, c)  # confident row: tiny losses
+    z[5, :4] = [np.inf, -np.inf, 1e4, -1e4]
+    y[5, :4] = [1.0, 0.0, 1.0, 0.0]
+    z[7] = 0.0
     kw = _options(opts, rng, z.shape)
     for reduction in ("sum", "mean"):
-        calls.clear(), spy.clear()
-        value, grad = _run(z, y, dtype=dtype, reduction=reduction, **kw)
-        assert spy == ["reduced"] and calls == [1]  # chunks of 3 rows: rows 6-8
-        want, want_g = _ref(z, y, reduction=reduction, sw=kw.get("sample_weight"),
-                            pw=kw.get("pos_weight"))
-        tol = (1e-12, 1e-15) if dtype == torch.float64 else (2e-6, 1e-8)
-        np.testing.assert_allclose(value.numpy(), want, rtol=tol[0])
-        np.testing.assert_allclose(grad.numpy(), want_g, rtol=tol[0] * 100, atol=tol[1])
-        assert (grad[7, :4] == 0).all()
+        spy.clear(), groups.clear()
+        value, grad = _run(z, y, dtype=torch.float32, reduction=reduction, **kw)
+        assert spy == ["reduced"]
+        # (a pos_weight multiplies each logarithm: no grouping asked for)
+        assert groups == ([] if "pos_weight" in opts else [c] if c != 13 else [0])
+        want, want_g = _ref(z, y, reduction=reduction, pw=kw.get("pos_weight"),
+                            s=kw.get("label_smoothing", 0.0))
+        np.testing.assert_allclose(value.numpy(), want, rtol=2e-6)
+        # (float32 gradient: neg - sigmoid(-z) is exact to half an ulp of 1)
+        np.testing.assert_allclose(grad.numpy(), want_g, rtol=2e-5,
+                                   atol=1.2e-7 / (1 if reduction == "sum" else z.size))
+        # the confident row alone: its total (about 1e-7) keeps its digits
+        spy.clear()
+        v2, _ = _run(z[2:3], y[2:3], dtype=torch.float32, reduction="sum")
+        w2, _ = _ref(z[2:3], y[2:3], reduction="sum")
+        assert 0 < w2 < 1e-5
+        np.testing.assert_allclose(v2.numpy(), w2, rtol=2e-6)

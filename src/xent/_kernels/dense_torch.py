@@ -610,32 +610,19 @@ def _sigmoid_coefficients(zc, yc, kc, swc, pw, s, cd, bufs, n):
     return zc, pos, neg, lw
 
 
-def _clamped_dots(zc, neg, pos, d, r2, r3):
-    """Row sums ``r2 = sum neg max(z, 0)`` and ``r3 = sum pos min(z, 0)`` (``0 * inf`` counted 0).
+def _log_group(C: int) -> int:
+    """Entries per float64 product in the float32 sigmoid kernel's ``sum log(1 + e)``; 0: none.
 
-    On the CPU each is a clamp into ``d`` and one fused ``torch.linalg.vecdot``
-    (no product pass, no ``nansum`` pass); a chunk whose sums are not finite
-    (an infinite logit, a NaN: rare) is computed again by
-    :func:`_clamped_nansums`. Reading the ``n`` sums of a CPU tensor waits for
-    nothing; on an accelerator it would be a host sync, so there the second
-    form is used directly.
+    The largest divisor of ``C`` in ``[16, 128]`` (products of at most 128
+    values in ``[1, 2]`` stay below ``2**128``; groups of a row do not mix
+    rows). One float64 product reduction and a logarithm per group cost a
+    third of one ``log`` per entry (session 18, AVX2). Rows of no such
+    divisor take the logarithm per entry.
     """
-    if zc.device.type == "cpu":
-        torch.linalg.vecdot(neg, torch.clamp(zc, min=0, out=d), dim=1, out=r2[:, 0])
-        torch.linalg.vecdot(pos, torch.clamp(zc, max=0, out=d), dim=1, out=r3[:, 0])
-        if bool(torch.isfinite(r2 - r3).all()):
-            return
-    _clamped_nansums(zc, neg, pos, d, r2, r3)
-
-
-def _clamped_nansums(zc, neg, pos, d, r2, r3):
-    """:func:`_clamped_dots` by products and ``nansum``: ``0 * inf`` (NaN) counts 0.
-
-    (A NaN logit also gives a NaN product, dropped here; its row is NaN
-    through ``log1p(exp(-|z|))`` anyway.)
-    """
-    torch.nansum(torch.clamp(zc, min=0, out=d).mul_(neg), 1, keepdim=True, out=r2)
-    torch.nansum(torch.clamp(zc, max=0, out=d).mul_(pos), 1, keepdim=True, out=r3)
+    for k in range(128, 15, -1):
+        if C % k == 0:
+            return k
+    return 0
 
 
 def sigmoid_loss(call):
@@ -648,24 +635,26 @@ def sigmoid_loss(call):
     by the reduction's own denominator, and its backward brings the per-row
     cotangent that scales the stored gradient.
 
-    Per entry, with ``e = exp(-|z|)``::
+    Per entry, with ``e = exp(-|z|)``, ``u = 1 + e`` (rounded) and ``r = 1 / u``::
 
-        l     = lw log1p(e) + neg max(z, 0) + pos max(-z, 0)
-        dl/dz = neg - lw sigmoid(-z)
+        l          = lw log1p(e) + neg max(z, 0) + pos max(-z, 0)
+        log1p(e)   = log(u) - ((u - 1) - e) r        (u - 1 and the difference are exact)
+        sigmoid(-z) = max(e, [z < 0]) r       (e r for z >= 0, r for z < 0)
+        dl/dz      = neg - lw sigmoid(-z)
 
-    a sum of non-negative terms (no cancellation; ``log1p`` keeps the digits
-    of a tiny loss). Per chunk that is three transcendental passes
-    (``exp``, ``torch.log1p``, ``torch.sigmoid``) and about ten light ones;
-    the two ``max`` terms' row sums are a clamp and one fused dot each
-    (:func:`_clamped_dots`), the ``log1p`` row sum one ``sum`` (a dot with
-    ``lw``). Decision (session 18, AVX2, torch 2.13): ``log1p`` and
-    ``sigmoid`` measured about 1.4x and 0.8x one ``exp`` per entry, cheaper
-    than the former ``log(1 + e)`` with an exact correction and a shared
-    reciprocal, which took six more passes over the chunk for the same
-    values. The three transcendentals bound this kernel to about 1.5x an
-    allocating ``torch.exp`` of the logits. ``0 * inf`` products of infinite
-    logits with a zero coefficient count 0; a NaN logit keeps the row NaN
-    through ``log1p``.
+    one exponential and one logarithm per entry (``torch.log1p`` and
+    ``torch.sigmoid`` measured 1.25x one ``log`` and 3.5x one reciprocal per
+    entry on CPU, session 18); the correction term makes the logarithm as
+    accurate as ``log1p`` (``log(u)`` is 0 where ``e`` is below half an ulp
+    of 1, and the term is then ``e`` itself). ``-|z|`` is ``min(z, 0) -
+    max(z, 0)`` of the two clamps the ``max`` terms need anyway, and the two
+    terms are summed as one (``neg max(z, 0) - pos min(z, 0)``, both
+    non-negative): 18 passes over a chunk where there were 23. Two
+    transcendentals per entry (the floor, ``torch.exp``, has one) and the
+    light passes bound this kernel to about 1.7x an allocating exponential
+    of the logits. ``0 * inf`` products of infinite logits with a zero
+    coefficient count 0 (``nansum``; a NaN logit keeps the row NaN through
+    ``log(u)``).
     """
     z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, call.cdt
     if call.gamma != 0.0 or call.alpha is not None or not _usable(z, y, pw) or y.shape != z.shape:
@@ -689,34 +678,56 @@ def sigmoid_loss(call):
                                               grad, g))
             return loss, grad, g
         g = _sigmoid_prescale(call, grad, cd, z2.numel())
-        R1, R2, R3 = _stats(N, 3, cd, z2.device)
+        R1, R2 = _stats(N, 2, cd, z2.device)
+        group = _log_group(C) if cd == torch.float32 and pw is None and sw2 is None else 0
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
             zc, pos, neg, lw = _sigmoid_coefficients(
                 z2[r0:r1], y2[r0:r1], None if k2 is None else k2[r0:r1],
                 None if sw2 is None else sw2[r0:r1], pw, s, cd, bufs, n)
-            e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
-            lg = w if grad is not None else bufs.get("l", n)            # scratch before the gradient
-            torch.log1p(e, out=lg)
-            if lw is None:
+            # max(z, 0) and min(z, 0); -|z| is their difference (no abs, no negation)
+            zp = torch.clamp(zc, min=0, out=bufs.get("d", n))
+            zm = torch.clamp(zc, max=0, out=bufs.get("u", n))
+            e = torch.sub(zm, zp, out=bufs.get("e", n)).exp_()         # exp(-|z|)
+            # neg max(z, 0) + pos max(-z, 0): 0 * inf (an infinite logit whose
+            # coefficient is 0) is NaN here and dropped by nansum (a NaN logit
+            # keeps the row NaN through log(u) below)
+            torch.nansum(zp.mul_(neg).addcmul_(zm, pos, value=-1), 1, keepdim=True,
+                         out=R2[r0:r1])
+            u = torch.add(e, 1.0, out=bufs.get("u", n))                 # 1 + e, rounded
+            d = torch.sub(u, 1.0, out=bufs.get("d", n)).sub_(e)         # (u - 1) - e, exact
+            if group:
+                # sum log(u) as the logarithms of float64 products of `group`
+                # entries (u in [1, 2]: no overflow, products exact to 1e-14)
+                lp = torch.prod(u.view(n, C // group, group), 2, dtype=torch.float64)
+                lsum = lp.log_().sum(1, keepdim=True)
+                r = u.reciprocal_()
+                torch.sum(d.mul_(r), 1, keepdim=True, out=R1[r0:r1])
+                torch.sub(lsum, R1[r0:r1], out=lsum)
+                R1[r0:r1].copy_(lsum)                                   # sum log1p(e)
+            else:
+                lg = w if grad is not None else bufs.get("l", n)        # scratch before the gradient
+                torch.log(u, out=lg)
+                r = u.reciprocal_()
+                lg.addcmul_(d, r, value=-1)                             # log1p(e)
+                if lw is not None:
+                    lg.mul_(lw)
                 torch.sum(lg, 1, keepdim=True, out=R1[r0:r1])
-            else:  # lw finite and log1p(e) in [0, log 2]: no 0 * inf
-                torch.linalg.vecdot(lw, lg, dim=1, out=R1[r0:r1, 0])
-            d = bufs.get("d", n)
-            _clamped_dots(zc, neg, pos, d, R2[r0:r1], R3[r0:r1])
             if grad is None:
                 return None
-            torch.neg(zc, out=w).sigmoid_()                             # sigmoid(-z)
+            # sigmoid(-z) = max(e, [z < 0]) r: no select (torch.where and
+            # a bool mask cost more than the two passes of this)
+            torch.maximum(e, torch.lt(zc, 0, out=d), out=w)
             if lw is not None:
                 w.mul_(lw)
-            torch.sub(neg, w, out=w)                                    # neg - lw sigmoid(-z)
+            torch.addcmul(neg, w, r, value=-1, out=w)                   # neg - lw sigmoid(-z)
             if g != 1.0:
                 w.mul_(g)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return (R1 + R2 - R3)[:, 0], grad, g
+        return (R1 + R2)[:, 0], grad, g
 
     def plain(z2):
         zc = z2.to(cd)
