@@ -543,3 +543,45 @@ def test_jax_tiny_chunk_cases_are_not_generated_rather_than_skipped():
     assert [i for i in ids if "numpy" in i and "tiny_chunks" in i]  # still generated there
     assert [i for i in ids if "jax" in i and "one_chunk" in i]
     assert "pytest.skip(" not in Path(__file__).read_text().split("def test_jax_tiny")[0]
+
+
+@every_chunking
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_soft_label_dot_falls_back_only_on_chunks_with_masked_classes(chunking, dtype, spy,
+                                                                       monkeypatch):
+    # the row dot sum_c a_c (z_c - m) is one fused vecdot per chunk; a chunk where
+    # it is not finite (a -inf logit of zero label weight: 0 * -inf) is computed
+    # again by the three-pass form, which counts that product 0
+    calls = []
+    orig = _fast_torch._masked_dot
+    monkeypatch.setattr(_fast_torch, "_masked_dot",
+                        lambda *a: calls.append(a[0].shape[0]) or orig(*a))
+    z, _, y, _, _ = _data(n=37, c=13, seed=4)
+    z[[4, 20], 3] = -np.inf  # masked classes, label 0
+    y[[4, 20], 3] = 0.0
+    y /= y.sum(1, keepdims=True)
+    z[30] = np.nan  # padding with zero weight
+    sw = np.ones(37)
+    sw[30] = 0.0
+    for kw in ({}, {"sample_weight": sw}, {"z_loss": 1e-2, "reduction": "none"}):
+        if "sample_weight" not in kw:
+            zz = np.where(np.isnan(z), 0.0, z)
+        else:
+            zz = z
+        calls.clear()
+        (v, g), _ = _compare(xent.softmax_cross_entropy, "torch", zz, y, spy=spy,
+                             which="dense_loss", dtype=dtype, **kw)
+        assert np.all(np.isfinite(v)) and np.all(np.isfinite(g))
+        assert g[4, 3] == 0.0 and g[20, 3] == 0.0
+        if "sample_weight" not in kw:
+            # two chunks hold a masked class (one when the whole array is one chunk)
+            assert len(calls) == (1 if chunking == "one_chunk" else 2), calls
+    # the formula in float64: -sum y log softmax(z), masked classes counting 0
+    zz = np.where(np.isnan(z), 0.0, z)
+    (v, g), _ = _compare(xent.softmax_cross_entropy, "torch", zz, y, spy=spy,
+                         which="dense_loss", reduction="none")
+    lse = np.array([np.logaddexp.reduce(r) for r in zz])
+    with np.errstate(invalid="ignore"):
+        want = -np.nansum(np.where(y == 0, 0.0, y * (zz - lse[:, None])), axis=1)
+    np.testing.assert_allclose(v, want, rtol=1e-12)
+    np.testing.assert_allclose(g, np.exp(zz - lse[:, None]) - y, rtol=1e-10, atol=1e-14)

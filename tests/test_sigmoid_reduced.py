@@ -248,7 +248,7 @@ def test_infinite_logits_on_disagreeing_labels_are_infinite(spy):
 
 
 def test_confident_entries_keep_their_digits_float32(spy):
-    """log1p from log plus the exact correction: tiny losses are not rounded to 0."""
+    """``log1p(exp(-|z|))`` keeps the digits of tiny losses: they are not rounded to 0."""
     z = np.array([[8.0, 17.0, 25.0, 60.0, -8.0, -17.0, -25.0, -60.0]] * 3, np.float32)
     y = np.array([[1.0] * 4 + [0.0] * 4] * 3, np.float32)
     got = xent.sigmoid_cross_entropy(torch.tensor(z), torch.tensor(y), reduction="sum")
@@ -387,3 +387,42 @@ def test_reduce_total_denominators_match_reduce():
                                   normalizer=kw.get("normalizer"))
             got = _reduce.reduce_total(call, total, loss.numel())
             torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("c", [96, 128, 13])
+@pytest.mark.parametrize("opts", [{}, {"pos_weight": "vector"}, {"label_smoothing": 0.1}],
+                         ids=["plain", "pos_weight", "smoothing"])
+def test_float32_log_sum_by_float64_group_products_keeps_tiny_losses(c, opts, spy, monkeypatch):
+    """float32, no weights: sum log(1 + e) from logarithms of float64 products of
+    groups of a row (C = 96, 128: one group of the row; C = 13: no divisor, per
+    entry). A row of zero logits has u = 2: a product of 128 of them is 2**128,
+    past the float32 range."""
+    groups = []
+    orig = _dt._log_group
+    monkeypatch.setattr(_dt, "_log_group", lambda C: groups.append(orig(C)) or groups[-1])
+    rng = np.random.default_rng(11)
+    z = (rng.standard_normal((11, c)) * 6).astype(np.float32)
+    y = np.where(rng.random((11, c)) < 0.3, 1.0, 0.0).astype(np.float32)
+    z[2] = np.where(y[2] == 1, 1.0, -1.0) * rng.uniform(15, 40, c)  # confident row: tiny losses
+    z[5, :4] = [np.inf, -np.inf, 1e4, -1e4]
+    y[5, :4] = [1.0, 0.0, 1.0, 0.0]
+    z[7] = 0.0
+    kw = _options(opts, rng, z.shape)
+    for reduction in ("sum", "mean"):
+        spy.clear(), groups.clear()
+        value, grad = _run(z, y, dtype=torch.float32, reduction=reduction, **kw)
+        assert spy == ["reduced"]
+        # (a pos_weight multiplies each logarithm: no grouping asked for)
+        assert groups == ([] if "pos_weight" in opts else [c] if c != 13 else [0])
+        want, want_g = _ref(z, y, reduction=reduction, pw=kw.get("pos_weight"),
+                            s=kw.get("label_smoothing", 0.0))
+        np.testing.assert_allclose(value.numpy(), want, rtol=2e-6)
+        # (float32 gradient: neg - sigmoid(-z) is exact to half an ulp of 1)
+        np.testing.assert_allclose(grad.numpy(), want_g, rtol=2e-5,
+                                   atol=1.2e-7 / (1 if reduction == "sum" else z.size))
+        # the confident row alone: its total (about 1e-7) keeps its digits
+        spy.clear()
+        v2, _ = _run(z[2:3], y[2:3], dtype=torch.float32, reduction="sum")
+        w2, _ = _ref(z[2:3], y[2:3], reduction="sum")
+        assert 0 < w2 < 1e-5
+        np.testing.assert_allclose(v2.numpy(), w2, rtol=2e-6)

@@ -286,6 +286,25 @@ def _masked_dot(a, w, tmp, out):
     torch.sum(tmp, 1, keepdim=True, out=out)
 
 
+def _row_dot(a, w, bufs, n, out):
+    """``sum_c a_c w_c`` per row into the ``[n, 1]`` column ``out`` (``0 * -inf`` counted 0).
+
+    On the CPU one fused pass (``torch.linalg.vecdot``: no product buffer, no
+    ``nan_to_num`` pass), then a look at the ``n`` results: a row with a
+    non-finite dot (a masked class of weight 0, an infinite or NaN logit,
+    rare) is computed again by :func:`_masked_dot`, so the value is the same
+    as that of the three-pass form. Reading ``n`` numbers of a CPU tensor
+    waits for nothing; on an accelerator it would be a host sync, so there the
+    three-pass form is used directly.
+    """
+    if a.device.type != "cpu":
+        _masked_dot(a, w, bufs.get("t", n), out)
+        return
+    torch.linalg.vecdot(a, w, dim=1, out=out[:, 0])
+    if not bool(torch.isfinite(out).all()):
+        _masked_dot(a, w, bufs.get("t", n), out)
+
+
 def _grad_scale(w, a_sum, m, S, zl, g):
     """``w *= g (A + 2 z_loss lse) / S`` (rows): turns ``exp(z - m)`` into ``g (A + ...) p``."""
     if zl != 0.0:
@@ -364,7 +383,7 @@ def sparse_loss(call):
                 if cw is None:
                     torch.sum(w, 1, keepdim=True, out=SZ[r0:r1])
                 else:
-                    _masked_dot(cw.expand(n, C), w, bufs.get("t", n), SZ[r0:r1])
+                    _row_dot(cw.expand(n, C), w, bufs, n, SZ[r0:r1])
             w.exp_()
             Sc = S[r0:r1]
             torch.sum(w, 1, keepdim=True, out=Sc)
@@ -442,6 +461,17 @@ def _run_chunks(z2, cd, grad, chunk):
 
 
 def dense_loss(call):
+    """Probability labels: per row ``A log S - sum_c a_c (z_c - m)`` and ``g (A p - a)``.
+
+    Per chunk, with the defaults (``a`` the labels themselves): the row
+    maximum, ``w = z - m`` written into the gradient rows, the dot
+    ``sum a w`` (:func:`_row_dot`: one fused pass), ``A = sum a``, one
+    ``exp`` in place, ``S = sum w``, and the gradient finished in place
+    while the chunk is in cache (``w *= A g / S``, ``w -= g a``): eight passes
+    over cache-sized chunks and one exponential per entry, no buffer but the
+    gradient. (The former product buffer, its ``nan_to_num`` and its sum
+    were three passes and one more chunk in cache.)
+    """
     z, y, cw, keep, s, zl, cd = call.z, call.labels, call.cw, call.keep, call.s, call.zl, call.cdt
     if call.gamma != 0.0 or not _usable(z, cw, y) or y.shape != z.shape:
         return None
@@ -475,7 +505,7 @@ def dense_loss(call):
             m, Ac, Sc = M[r0:r1], A[r0:r1], S[r0:r1]
             torch.sum(a, 1, keepdim=True, out=Ac)
             _shift(zc, w, m)
-            _masked_dot(a, w, bufs.get("t", n), D[r0:r1])
+            _row_dot(a, w, bufs, n, D[r0:r1])
             w.exp_()
             torch.sum(w, 1, keepdim=True, out=Sc)
             if grad is None:
@@ -580,6 +610,21 @@ def _sigmoid_coefficients(zc, yc, kc, swc, pw, s, cd, bufs, n):
     return zc, pos, neg, lw
 
 
+def _log_group(C: int) -> int:
+    """Entries per float64 product in the float32 sigmoid kernel's ``sum log(1 + e)``; 0: none.
+
+    The largest divisor of ``C`` in ``[16, 128]`` (products of at most 128
+    values in ``[1, 2]`` stay below ``2**128``; groups of a row do not mix
+    rows). One float64 product reduction and a logarithm per group cost a
+    third of one ``log`` per entry (session 18, AVX2). Rows of no such
+    divisor take the logarithm per entry.
+    """
+    for k in range(128, 15, -1):
+        if C % k == 0:
+            return k
+    return 0
+
+
 def sigmoid_loss(call):
     """The per-element loss, or for a reduction ``Reduced`` from per-row sums.
 
@@ -598,11 +643,18 @@ def sigmoid_loss(call):
         dl/dz      = neg - lw sigmoid(-z)
 
     one exponential and one logarithm per entry (``torch.log1p`` and
-    ``torch.sigmoid`` cost about two of them each on CPU); the correction
-    term makes the logarithm as accurate as ``log1p`` (``log(u)`` is 0 where
-    ``e`` is below half an ulp of 1, and the term is then ``e`` itself).
-    ``0 * inf`` products of infinite logits with a zero coefficient count 0
-    (``nansum``; a NaN logit keeps the row NaN through ``log(u)``).
+    ``torch.sigmoid`` measured 1.25x one ``log`` and 3.5x one reciprocal per
+    entry on CPU, session 18); the correction term makes the logarithm as
+    accurate as ``log1p`` (``log(u)`` is 0 where ``e`` is below half an ulp
+    of 1, and the term is then ``e`` itself). ``-|z|`` is ``min(z, 0) -
+    max(z, 0)`` of the two clamps the ``max`` terms need anyway, and the two
+    terms are summed as one (``neg max(z, 0) - pos min(z, 0)``, both
+    non-negative): 18 passes over a chunk where there were 23. Two
+    transcendentals per entry (the floor, ``torch.exp``, has one) and the
+    light passes bound this kernel to about 1.7x an allocating exponential
+    of the logits. ``0 * inf`` products of infinite logits with a zero
+    coefficient count 0 (``nansum``; a NaN logit keeps the row NaN through
+    ``log(u)``).
     """
     z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, call.cdt
     if call.gamma != 0.0 or call.alpha is not None or not _usable(z, y, pw) or y.shape != z.shape:
@@ -626,41 +678,56 @@ def sigmoid_loss(call):
                                               grad, g))
             return loss, grad, g
         g = _sigmoid_prescale(call, grad, cd, z2.numel())
-        R1, R2, R3 = _stats(N, 3, cd, z2.device)
+        R1, R2 = _stats(N, 2, cd, z2.device)
+        group = _log_group(C) if cd == torch.float32 and pw is None and sw2 is None else 0
 
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
             zc, pos, neg, lw = _sigmoid_coefficients(
                 z2[r0:r1], y2[r0:r1], None if k2 is None else k2[r0:r1],
                 None if sw2 is None else sw2[r0:r1], pw, s, cd, bufs, n)
-            e = torch.abs(zc, out=bufs.get("e", n)).neg_().exp_()       # exp(-|z|)
+            # max(z, 0) and min(z, 0); -|z| is their difference (no abs, no negation)
+            zp = torch.clamp(zc, min=0, out=bufs.get("d", n))
+            zm = torch.clamp(zc, max=0, out=bufs.get("u", n))
+            e = torch.sub(zm, zp, out=bufs.get("e", n)).exp_()         # exp(-|z|)
+            # neg max(z, 0) + pos max(-z, 0): 0 * inf (an infinite logit whose
+            # coefficient is 0) is NaN here and dropped by nansum (a NaN logit
+            # keeps the row NaN through log(u) below)
+            torch.nansum(zp.mul_(neg).addcmul_(zm, pos, value=-1), 1, keepdim=True,
+                         out=R2[r0:r1])
             u = torch.add(e, 1.0, out=bufs.get("u", n))                 # 1 + e, rounded
-            lg = w if grad is not None else bufs.get("l", n)            # scratch before the gradient
-            torch.log(u, out=lg)
             d = torch.sub(u, 1.0, out=bufs.get("d", n)).sub_(e)         # (u - 1) - e, exact
-            r = u.reciprocal_()
-            lg.sub_(d.mul_(r))                                          # log1p(e)
-            if lw is not None:
-                lg.mul_(lw)
-            torch.sum(lg, 1, keepdim=True, out=R1[r0:r1])
-            torch.nansum(torch.mul(zc, neg, out=d).clamp_(min=0), 1, keepdim=True,
-                         out=R2[r0:r1])                                 # neg max(z, 0)
-            torch.nansum(torch.mul(zc, pos, out=d).clamp_(max=0), 1, keepdim=True,
-                         out=R3[r0:r1])                                 # -pos max(-z, 0)
+            if group:
+                # sum log(u) as the logarithms of float64 products of `group`
+                # entries (u in [1, 2]: no overflow, products exact to 1e-14)
+                lp = torch.prod(u.view(n, C // group, group), 2, dtype=torch.float64)
+                lsum = lp.log_().sum(1, keepdim=True)
+                r = u.reciprocal_()
+                torch.sum(d.mul_(r), 1, keepdim=True, out=R1[r0:r1])
+                torch.sub(lsum, R1[r0:r1], out=lsum)
+                R1[r0:r1].copy_(lsum)                                   # sum log1p(e)
+            else:
+                lg = w if grad is not None else bufs.get("l", n)        # scratch before the gradient
+                torch.log(u, out=lg)
+                r = u.reciprocal_()
+                lg.addcmul_(d, r, value=-1)                             # log1p(e)
+                if lw is not None:
+                    lg.mul_(lw)
+                torch.sum(lg, 1, keepdim=True, out=R1[r0:r1])
             if grad is None:
                 return None
             # sigmoid(-z) = max(e, [z < 0]) r: no select (torch.where and
-            # a bool mask cost more than the three passes of this)
-            torch.maximum(e, torch.lt(zc, 0, out=d), out=w).mul_(r)
+            # a bool mask cost more than the two passes of this)
+            torch.maximum(e, torch.lt(zc, 0, out=d), out=w)
             if lw is not None:
                 w.mul_(lw)
-            torch.sub(neg, w, out=w)                                    # neg - lw sigmoid(-z)
+            torch.addcmul(neg, w, r, value=-1, out=w)                   # neg - lw sigmoid(-z)
             if g != 1.0:
                 w.mul_(g)
             return None if grad.dtype == cd else w
 
         _run_chunks(z2, cd, grad, chunk)
-        return (R1 + R2 - R3)[:, 0], grad, g
+        return (R1 + R2)[:, 0], grad, g
 
     def plain(z2):
         zc = z2.to(cd)
