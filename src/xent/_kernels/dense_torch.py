@@ -293,15 +293,18 @@ def _row_dot(a, w, bufs, n, out):
     ``nan_to_num`` pass), then a look at the ``n`` results: a row with a
     non-finite dot (a masked class of weight 0, an infinite or NaN logit,
     rare) is computed again by :func:`_masked_dot`, so the value is the same
-    as that of the three-pass form. Reading ``n`` numbers of a CPU tensor
-    waits for nothing; on an accelerator it would be a host sync, so there the
+    as that of the three-pass form. The ``n`` numbers of the CPU buffer are
+    read through NumPy, which waits for nothing and dispatches no torch
+    scalar read; on an accelerator it would be a host sync, so there the
     three-pass form is used directly.
     """
     if a.device.type != "cpu":
         _masked_dot(a, w, bufs.get("t", n), out)
         return
     torch.linalg.vecdot(a, w, dim=1, out=out[:, 0])
-    if not bool(torch.isfinite(out).all()):
+    # read through NumPy (the buffer's own memory): no torch scalar read, so a
+    # call under ``value_checks("off")`` / ``("async")`` dispatches no host read
+    if not np.isfinite(out.detach().numpy()).all():
         _masked_dot(a, w, bufs.get("t", n), out)
 
 

@@ -30,13 +30,12 @@ xent`` imports neither torch nor jax)::
     loss     reference (all)     numpy         torch          jax             tensorflow
     sparse   reference.sparse    dense_numpy   dense_torch    dense_jax (*)   dense_tf
     dense    reference.dense     dense_numpy   dense_torch    dense_jax       dense_tf
-    sigmoid  reference.sigmoid   dense_numpy   dense_torch    dense_jax       dense_tf (**)
+    sigmoid  reference.sigmoid   dense_numpy   dense_torch    dense_jax       dense_tf
     linear   reference.linear    linear_rows   linear_torch   linear_jax      linear_tf
     sampled  sampled_ref.sampled -             sampled_torch  -               -
     nce      sampled_ref.nce     -             sampled_torch  -               -
 
 (*) declines: under ``jax.jit`` the reference fuses into as few passes as optax.
-(**) declines: elementwise, TensorFlow's autodiff of the reference saves no more.
 
 Adding a backend: one :class:`xent._core.backend.Backend` subclass (its
 ``name``, ``xp`` and the primitives it computes differently; the reference
