@@ -229,6 +229,7 @@ register("linear", "torch", (_linear_torch, "rows"))
 register("linear", "jax", (_linear_jax, "rows"))
 register("linear", "tensorflow", (_linear_tf, "rows"))
 register("sampled", "torch", (_sampled_torch, "sampled_loss"))
+register("nce", "torch", (_sampled_torch, "nce_loss"))
 
 
 def _torch_sparse_plain(call: Any) -> Any:
@@ -250,4 +251,3 @@ def _torch_sparse_plain(call: Any) -> Any:
 
 
 register_plain("sparse", "torch", _torch_sparse_plain)
-register("nce", "torch", (_sampled_torch, "nce_loss"))
