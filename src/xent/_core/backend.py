@@ -287,7 +287,7 @@ class Backend:
         return False
 
     def value_range(self, x: Any) -> tuple[Any, Any]:
-        """``(min, max)`` of an integer array as host numbers (eager, non-empty only)."""
+        """``(min, max)`` of a real array as host numbers (eager, non-empty only; NaN propagates)."""
         with self.eager_scope():
             c = self.concrete(x)
             return self.host(self.xp.min(c)).item(), self.host(self.xp.max(c)).item()

@@ -242,7 +242,7 @@ def _outside(x: Any, low: float, high: float) -> Any:
 
 
 def _bounds_hold(be: Backend, x: Any, low: float, high: float) -> bool:
-    """True when ``min(x) >= low`` and ``max(x) <= high`` (one reduction per finite bound).
+    """True when ``min(x) >= low`` and ``max(x) <= high`` (one reduction, or one per finite bound).
 
     The check of every call on valid data: no mask of ``x``'s shape is made.
     False (a NaN minimum or maximum, or a value out of range) leaves the
@@ -250,6 +250,10 @@ def _bounds_hold(be: Backend, x: Any, low: float, high: float) -> bool:
     first bad position.
     """
     xp = be.xp
+    if low != -math.inf and high != math.inf:
+        # both bounds: one pass where the library has it (torch.aminmax)
+        lo, hi = be.value_range(x)
+        return float(lo) >= low and float(hi) <= high
     if low != -math.inf and not float(be.host(xp.min(x))) >= low:
         return False
     return high == math.inf or float(be.host(xp.max(x))) <= high

@@ -96,10 +96,12 @@ def _usable(z: torch.Tensor, *others) -> bool:
         # torch.compile traces the plain composition (Inductor fuses it); the
         # chunked kernel, its threads and its in-place buffers are eager-only
         return False
+    if z.dim() == 0 or z.numel() < max(1, MIN_FUSED_ELEMENTS):
+        return False  # before the functorch look: small calls skip it
     functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
     if functorch is not None and functorch():
         return False
-    if z.dim() == 0 or z.numel() < max(1, MIN_FUSED_ELEMENTS) or not z.is_contiguous():
+    if not z.is_contiguous():
         return False
     grad = torch.is_grad_enabled()
     return not any(o is not None and grad and o.requires_grad for o in others)
