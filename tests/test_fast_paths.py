@@ -55,6 +55,8 @@ def chunking(request, monkeypatch):
         monkeypatch.setattr(_rows, "CHUNK_BYTES", 3 * 13 * 4)
         monkeypatch.setattr(_rows, "MIN_PARALLEL", 0)
         monkeypatch.setattr(_fast_torch, "_threads", _two_threads)
+        # the default sparse call too: never the one-chunk branch
+        monkeypatch.setattr(_fast_torch, "PLAIN_ONE_CHUNK_BYTES", 0)
     return request.param
 
 

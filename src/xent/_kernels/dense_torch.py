@@ -73,6 +73,17 @@ def _chunk_rows(z2: torch.Tensor) -> int:
     return chunks.rows_per_chunk(z2.shape[-1], 4, nbytes)
 
 
+#: Bytes per torch thread up to which the default sparse call (no smoothing,
+#: weights, z-loss or dropped rows) runs as one chunk on torch's own pool:
+#: its three passes (max, softmax, scale) then cost about what
+#: ``F.cross_entropy``'s do, while the chunked kernel pays Python work per
+#: chunk. ``python -m benchmarks --group overhead_torch``, session 19:
+#: ``[4096, 1000]`` (16 row chunks) went from 1.21x to 0.82x
+#: ``F.cross_entropy``. ``[1024, 8192]`` (32 MB) stays chunked: at 16 MB per
+#: thread it took this branch and measured 1.01x, against 0.48x chunked.
+PLAIN_ONE_CHUNK_BYTES = 8 * 1024 * 1024
+
+
 def _one_chunk(z2: torch.Tensor, n_threads: int) -> bool:
     """Whether the rows of ``z2`` are best one chunk (``n_threads`` from :func:`_threads`).
 
@@ -357,7 +368,8 @@ def sparse_loss(call):
             src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
                 (N, 1), -on * g, dtype=cd, device=z2.device)
             smooth_g = None if smooth_w is None else smooth_w * g
-        if need_grad and plain_rows and _one_chunk(z2, 1):
+        if (need_grad and plain_rows and z2.device.type == "cpu" and z2.numel() * z2.element_size()
+                <= torch.get_num_threads() * PLAIN_ONE_CHUNK_BYTES):
             I = torch.empty((N, 1), dtype=torch.int64, device=z2.device)
 
             def chunk(r0, r1, w, bufs):
@@ -374,7 +386,7 @@ def sparse_loss(call):
                     w.mul_(g)
                 w.scatter_add_(1, tc, src[r0:r1])
 
-            _run_chunks(z2, cd, grad, chunk)
+            _run_chunks(z2, cd, grad, chunk, whole=True)
             return torch.log(S[:, 0]).neg_() - D[:, 0], grad, g
 
         def chunk(r0, r1, w, bufs):
@@ -441,8 +453,11 @@ def _plain_rows(z, a, keep, zl):
     return loss
 
 
-def _run_chunks(z2, cd, grad, chunk):
+def _run_chunks(z2, cd, grad, chunk, whole=False):
     """``chunk(r0, r1, w, bufs)`` over row chunks of ``z2`` in threads.
+
+    ``whole``: all rows as one chunk, in this thread, each operator split by
+    torch's own pool.
 
     ``w`` is the chunk's work buffer: the gradient rows themselves when the
     gradient has the compute dtype, else a private chunk whose (returned)
@@ -460,6 +475,10 @@ def _run_chunks(z2, cd, grad, chunk):
                 if out is not None:
                     grad[r0:r1].copy_(out)
 
+    if whole:
+        R = max(1, N)
+        work(0, N)
+        return
     with _threads(z2) as n:
         R = max(1, N) if _one_chunk(z2, n) else _chunk_rows(z2)
         chunks.run_blocks(N, n, work)
