@@ -84,16 +84,18 @@ def _chunk_rows(z2: torch.Tensor) -> int:
 PLAIN_ONE_CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def _one_chunk(z2: torch.Tensor, n_threads: int) -> bool:
+def _one_chunk(z2: torch.Tensor, n_threads: int, per_thread: int | None = None) -> bool:
     """Whether the rows of ``z2`` are best one chunk (``n_threads`` from :func:`_threads`).
 
-    On the CPU without Python threads, when the whole array is no larger than
-    one chunk per thread of torch's pool: the chunk then stays in those
+    On the CPU without Python threads, when the whole array (counted as
+    float32) is no larger than ``per_thread`` bytes (default: one chunk,
+    ``CHUNK_BYTES``) per thread of torch's pool: the chunk then stays in those
     threads' caches, and each operator is one parallel region over all rows
     instead of one per small chunk.
     """
+    per_thread = chunks.CHUNK_BYTES if per_thread is None else per_thread
     return (n_threads == 1 and z2.device.type == "cpu"
-            and z2.numel() * 4 <= torch.get_num_threads() * chunks.CHUNK_BYTES)
+            and z2.numel() * 4 <= torch.get_num_threads() * per_thread)
 
 
 #: Below this many logits the fused path is not taken: the plain composition
@@ -368,8 +370,7 @@ def sparse_loss(call):
             src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
                 (N, 1), -on * g, dtype=cd, device=z2.device)
             smooth_g = None if smooth_w is None else smooth_w * g
-        if (need_grad and plain_rows and z2.device.type == "cpu" and z2.numel() * z2.element_size()
-                <= torch.get_num_threads() * PLAIN_ONE_CHUNK_BYTES):
+        if need_grad and plain_rows and _one_chunk(z2, 1, PLAIN_ONE_CHUNK_BYTES):
             I = torch.empty((N, 1), dtype=torch.int64, device=z2.device)
 
             def chunk(r0, r1, w, bufs):
