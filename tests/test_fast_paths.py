@@ -316,10 +316,13 @@ def test_smoothing_over_masked_class_is_infinite_like_plain(lib, spy):
 
 @_lib_chunking(BACKENDS)
 def test_extreme_logits_match_float64_formula(lib, chunking, spy):
-    z = np.array([[1e4, -1e4, 0.0, 5e3], [-1e4, -1e4, -1e4, -1e4 + 1.0], [3.0, 1.0, 2.0, 0.0]])
-    t = np.array([1, 3, 0])
+    # the last row: a tied maximum (the one-chunk branch reads 1 / S as the
+    # largest probability) and a -inf masked class
+    z = np.array([[1e4, -1e4, 0.0, 5e3], [-1e4, -1e4, -1e4, -1e4 + 1.0], [3.0, 1.0, 2.0, 0.0],
+                  [2.0, 2.0, -np.inf, 0.0]])
+    t = np.array([1, 3, 0, 3])
     lse = np.array([np.logaddexp.reduce(r) for r in z])
-    expect = lse - z[np.arange(3), t]
+    expect = lse - z[np.arange(4), t]
     for dtype in ("float64", "float32"):
         v, g = _run(xent.sparse_softmax_cross_entropy, lib, z, t, dtype=dtype, reduction="none")
         assert spy["sparse_loss"][-1] or lib == "jax"
@@ -328,7 +331,7 @@ def test_extreme_logits_match_float64_formula(lib, chunking, spy):
                                    else 1e-3)
         if g is not None:
             p = np.exp(z - lse[:, None])
-            p[np.arange(3), t] -= 1.0
+            p[np.arange(4), t] -= 1.0
             np.testing.assert_allclose(g, p, atol=1e-6)
 
 

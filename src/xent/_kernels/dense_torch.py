@@ -180,17 +180,24 @@ class _Fused(torch.autograd.Function):
 def _uniform_equal(t: torch.Tensor, value: float) -> bool:
     """True when every entry of ``t`` is ``value``, decided without a host sync.
 
-    Only a CPU tensor that is one value broadcast (all strides 0, what the
-    backward of a sum or mean brings) is looked at, through NumPy on its
-    memory (no torch operator, so nothing to dispatch or synchronise); anything
-    else answers False and the caller multiplies.
+    Only a CPU tensor is looked at, through NumPy on its memory (no torch
+    operator, so nothing to dispatch or synchronise): one value broadcast
+    (all strides 0) by its first entry, anything else by comparing its
+    entries. ``grad_loss`` is one value per row, ``C`` times smaller than the
+    gradient this saves a pass over; torch's ``mean`` backward hands it over
+    materialised (``grad / n``, contiguous), not broadcast, so the broadcast
+    test alone never saw the common case. Any other tensor answers False and
+    the caller multiplies.
     """
-    if t.device.type != "cpu" or t.requires_grad or any(st != 0 for st in t.stride()):
+    if t.device.type != "cpu" or t.requires_grad:
         return False
     if t.dtype not in (torch.float32, torch.float64):
         return False
     try:
-        return float(t.detach().numpy().flat[0]) == value
+        a = t.detach().numpy()
+        if all(st == 0 for st in t.stride()):
+            return float(a.flat[0]) == value
+        return bool((a == value).all())
     except (RuntimeError, TypeError):  # pragma: no cover - e.g. a tensor subclass
         return False
 
@@ -361,35 +368,18 @@ def sparse_loss(call):
     # the default options (no smoothing, weights, z-loss or dropped rows), logits
     # in the compute dtype
     plain_rows = s == 0.0 and wt1 is None and zl == 0.0 and k1 is None and z2.dtype == cd
+    one_chunk = plain_rows and _one_chunk(z2, 1, PLAIN_ONE_CHUNK_BYTES)
 
     def kernel(z2, need_grad):
         grad = _empty_like(z2) if need_grad else None
         g = _grad_prescale(grad, cd, N)
+        if need_grad and one_chunk:
+            return _sparse_one_chunk(z2, t2, grad, g), grad, g
         M, S, D, SZ = _stats(N, 4 if s != 0.0 else 3, cd, z2.device) + [None] * (s == 0.0)
         if need_grad:
             src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
                 (N, 1), -on * g, dtype=cd, device=z2.device)
             smooth_g = None if smooth_w is None else smooth_w * g
-        if need_grad and plain_rows and _one_chunk(z2, 1, PLAIN_ONE_CHUNK_BYTES):
-            I = torch.empty((N, 1), dtype=torch.int64, device=z2.device)
-
-            def chunk(r0, r1, w, bufs):
-                # one chunk on torch's pool: three parallel passes (max, softmax,
-                # scale) instead of five, as many as F.cross_entropy's, with one
-                # exp per entry. w = p, and p = 1 / S at the row maximum, so
-                # log S = -log p_max (p_max in [1/C, 1]: nothing underflows)
-                zc, m, ic, tc = z2[r0:r1], M[r0:r1], I[r0:r1], t2[r0:r1]
-                torch.max(zc, 1, keepdim=True, out=(m, ic))
-                torch._softmax(zc, 1, False, out=w)
-                torch.gather(w, 1, ic, out=S[r0:r1])                       # 1 / S
-                torch.gather(zc, 1, tc, out=D[r0:r1]).sub_(m)               # z_t - m
-                if g != 1.0:
-                    w.mul_(g)
-                w.scatter_add_(1, tc, src[r0:r1])
-
-            _run_chunks(z2, cd, grad, chunk, whole=True)
-            return torch.log(S[:, 0]).neg_() - D[:, 0], grad, g
-
         def chunk(r0, r1, w, bufs):
             n = r1 - r0
             kc = None if k1 is None else k1[r0:r1]
@@ -434,6 +424,28 @@ def sparse_loss(call):
     return _apply(z2, kernel, plain).reshape(z.shape[:-1])
 
 
+def _sparse_one_chunk(z2, t2, grad, g):
+    """The default sparse loss and ``g * (p - onehot)`` for all rows at once.
+
+    Every operator is one parallel region of torch's pool over the whole
+    array (it stays in the threads' caches, see ``PLAIN_ONE_CHUNK_BYTES``):
+    the row maximum, the softmax written into the gradient, the largest
+    probability, and the scale, with one ``exp`` per entry; no chunk loop, no
+    scratch buffer. The largest probability is ``exp(0) / S``, so
+    ``log S = -log max(p)``, in ``[-log C, 0]``: nothing underflows, and the
+    loss ``log S - (z_t - m)`` stays exact for any logits. ``amax`` has no
+    index output, which makes it several times cheaper than ``max``.
+    """
+    m = torch.amax(z2, 1, keepdim=True)
+    torch._softmax(z2, 1, False, out=grad)
+    inv_s = torch.amax(grad, 1)                                  # 1 / S
+    shifted_t = torch.gather(z2, 1, t2).sub_(m)[:, 0]            # z_t - m
+    if g != 1.0:
+        grad.mul_(g)
+    grad.scatter_add_(1, t2, torch.full(t2.shape, -g, dtype=grad.dtype, device=grad.device))
+    return torch.log(inv_s).neg_().sub_(shifted_t)
+
+
 def _plain_rows(z, a, keep, zl):
     """``-sum_c a_c log p_c + z_loss lse**2`` per row, by differentiable torch operators.
 
@@ -454,11 +466,8 @@ def _plain_rows(z, a, keep, zl):
     return loss
 
 
-def _run_chunks(z2, cd, grad, chunk, whole=False):
+def _run_chunks(z2, cd, grad, chunk):
     """``chunk(r0, r1, w, bufs)`` over row chunks of ``z2`` in threads.
-
-    ``whole``: all rows as one chunk, in this thread, each operator split by
-    torch's own pool.
 
     ``w`` is the chunk's work buffer: the gradient rows themselves when the
     gradient has the compute dtype, else a private chunk whose (returned)
@@ -476,10 +485,6 @@ def _run_chunks(z2, cd, grad, chunk, whole=False):
                 if out is not None:
                     grad[r0:r1].copy_(out)
 
-    if whole:
-        R = max(1, N)
-        work(0, N)
-        return
     with _threads(z2) as n:
         R = max(1, N) if _one_chunk(z2, n) else _chunk_rows(z2)
         chunks.run_blocks(N, n, work)
