@@ -85,6 +85,16 @@ def spy(monkeypatch):
         return out
 
     monkeypatch.setattr(_fast, "fused", wrapper)
+    # the torch plain entry's own fused case (the one-chunk reduced sparse call)
+    orig_plain = _fast_torch.sparse_plain
+
+    def plain_wrapper(call):
+        out = orig_plain(call)
+        if out is not None:
+            taken.setdefault("sparse_loss", []).append(True)
+        return out
+
+    monkeypatch.setattr(_fast_torch, "sparse_plain", plain_wrapper)
     return taken
 
 
@@ -590,3 +600,109 @@ def test_soft_label_dot_falls_back_only_on_chunks_with_masked_classes(chunking, 
         want = -np.nansum(np.where(y == 0, 0.0, y * (zz - lse[:, None])), axis=1)
     np.testing.assert_allclose(v, want, rtol=1e-12)
     np.testing.assert_allclose(g, np.exp(zz - lse[:, None]) - y, rtol=1e-10, atol=1e-14)
+
+
+@pytest.fixture
+def reduced_spy(monkeypatch):
+    """How many times the one-chunk reduced sparse function ran its forward."""
+    calls = []
+    orig = _fast_torch._SparseReduced.forward
+
+    def forward(ctx, *a):
+        calls.append(a[2])
+        return orig(ctx, *a)
+
+    monkeypatch.setattr(_fast_torch._SparseReduced, "forward", staticmethod(forward))
+    return calls
+
+
+def _float64_sparse(z, t):
+    """Per-row ``lse - z_t`` and ``softmax - onehot`` in float64 NumPy."""
+    z = np.asarray(z, np.float64)
+    lse = np.logaddexp.reduce(z, axis=1)
+    p = np.exp(z - lse[:, None])
+    p[np.arange(len(t)), t] -= 1.0
+    return lse - z[np.arange(len(t)), t], p
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "sum_over_batch_size"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("logits", ["normal", "extreme", "masked"])
+def test_reduced_one_chunk_matches_float64_and_pytorch(reduction, dtype, logits, reduced_spy):
+    # the plain mean / sum of the one-chunk branch returns the scalar from its
+    # own autograd function; its loss is -log p_t unless some p_t underflows
+    # (the +-1e4 rows), then log S - (z_t - m)
+    z, t, _, _, _ = _data(n=9, c=11)
+    if logits == "extreme":
+        z[0, :4] = [1e4, -1e4, 0.0, 5e3]
+        t[0] = 1                                  # p_t = exp(-2e4): 0 in any dtype
+        z[1] = -1e4
+        z[1, 3] += 1.0
+        t[1] = 3
+    elif logits == "masked":
+        z[2, (t[2] + 1) % 11] = -np.inf           # a masked class that is not the label
+        z[3, :] = 0.0
+        z[3, t[3]] = 120.0                        # p_t rounds to 1, the loss to 0
+    v64, g64 = _float64_sparse(z, t)
+    want = v64.mean() if reduction != "sum" else v64.sum()
+    gwant = g64 / (len(t) if reduction != "sum" else 1)
+    zt = torch.tensor(z, dtype=dtype, requires_grad=True)
+    tt = torch.tensor(t)
+    out = xent.sparse_softmax_cross_entropy(zt, tt, reduction=reduction)
+    assert reduced_spy and out.dim() == 0 and out.dtype == dtype
+    (g,) = torch.autograd.grad(3.0 * out, zt)
+    tol = {torch.float32: 2e-6, torch.float64: 1e-12}[dtype]
+    np.testing.assert_allclose(out.item(), want, rtol=tol * 10, atol=tol)
+    np.testing.assert_allclose(g.numpy(), 3.0 * gwant, rtol=tol * 10, atol=tol)
+    zp = torch.tensor(z, dtype=dtype, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(zp, tt, reduction="sum" if reduction == "sum"
+                                            else "mean")
+    (gp,) = torch.autograd.grad(3.0 * ref, zp)
+    torch.testing.assert_close(out, ref.detach(), rtol=tol * 10, atol=tol)
+    torch.testing.assert_close(g, gp, rtol=tol * 10, atol=tol)
+
+
+def test_reduced_one_chunk_inf_and_nan_rows(reduced_spy):
+    # a -inf label logit: an infinite loss (as F.cross_entropy), finite gradient
+    # elsewhere; a NaN row: a NaN loss, never a silently finite one
+    z, t, _, _, _ = _data(n=5, c=7)
+    z[1, t[1]] = -np.inf
+    zt = torch.tensor(z, requires_grad=True)
+    out = xent.sparse_softmax_cross_entropy(zt, torch.tensor(t), reduction="sum")
+    assert reduced_spy and out.item() == np.inf
+    ref = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor(t), reduction="sum")
+    assert ref.item() == np.inf
+    (g,) = torch.autograd.grad(out, zt)
+    np.testing.assert_allclose(g.numpy()[[0, 2, 3, 4]], _float64_sparse(z, t)[1][[0, 2, 3, 4]],
+                               atol=1e-12)
+    z[3] = np.nan
+    out = xent.sparse_softmax_cross_entropy(torch.tensor(z, requires_grad=True), torch.tensor(t))
+    assert np.isnan(out.item())
+
+
+def test_reduced_one_chunk_second_and_higher_order_backward(reduced_spy):
+    z, t, _, _, _ = _data(n=6, c=9)
+    tt = torch.tensor(t)
+    zt = torch.tensor(z, requires_grad=True)
+    out = xent.sparse_softmax_cross_entropy(zt, tt)
+    (g1,) = torch.autograd.grad(out, zt, retain_graph=True)
+    (g2,) = torch.autograd.grad(out, zt, torch.tensor(0.5, dtype=torch.float64))
+    assert reduced_spy
+    np.testing.assert_allclose(g1.numpy(), _float64_sparse(z, t)[1] / 6, atol=1e-15)
+    torch.testing.assert_close(g2, 0.5 * g1, rtol=0, atol=1e-16)
+    # create_graph: Hessian-vector products equal F.cross_entropy's
+    v = torch.tensor(np.random.default_rng(3).standard_normal(z.shape))
+    hv = []
+    for fn in (xent.sparse_softmax_cross_entropy, torch.nn.functional.cross_entropy):
+        zz = torch.tensor(z, requires_grad=True)
+        (g,) = torch.autograd.grad(fn(zz, tt, reduction="sum"), zz, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), zz)
+        hv.append(h)
+    torch.testing.assert_close(hv[0], hv[1], rtol=1e-12, atol=1e-12)
+    # the per-row gradient of a 3-D batch reaches the caller's shape
+    z3 = torch.tensor(z.reshape(2, 3, 9), requires_grad=True)
+    before = z3.detach().clone()
+    out = xent.sparse_softmax_cross_entropy(z3, tt.reshape(2, 3), reduction="sum")
+    (g3,) = torch.autograd.grad(out, z3)
+    assert g3.shape == z3.shape and torch.equal(z3.detach(), before)
+    np.testing.assert_allclose(g3.numpy().reshape(6, 9), _float64_sparse(z, t)[1], atol=1e-15)

@@ -7,7 +7,9 @@ same pass that computes the loss. The backward scales that buffer in place by
 the incoming gradient and hands it back, so the whole training step holds one
 logits-sized buffer and a few cache-sized chunks. (The sigmoid kernel, for
 every reduction but ``"none"``, returns per-row sums of the weighted loss
-instead of the per-element loss: see :func:`sigmoid_loss`.)
+instead of the per-element loss: see :func:`sigmoid_loss`. The default sparse
+call small enough for one chunk returns its ``"mean"`` or ``"sum"`` itself,
+from its own function: see :class:`_SparseReduced`.)
 
 Threads (CPU only): the row blocks run in Python threads while torch's own
 intra-op pool is set to one thread (it is restored afterwards); small chunks
@@ -75,9 +77,8 @@ def _chunk_rows(z2: torch.Tensor) -> int:
 
 #: Bytes per torch thread up to which the default sparse call (no smoothing,
 #: weights, z-loss or dropped rows) runs as one chunk on torch's own pool:
-#: its passes (two row maxima, softmax, scale) then cost about what
-#: ``F.cross_entropy``'s do, while the chunked kernel pays Python work per
-#: chunk. ``python -m benchmarks --group overhead_torch``, session 19:
+#: its passes (softmax, scale) then cost less than ``F.cross_entropy``'s,
+#: while the chunked kernel pays Python work per chunk. ``python -m benchmarks --group overhead_torch``, session 19:
 #: ``[4096, 1000]`` (16 row chunks) went from 1.21x to 0.82x
 #: ``F.cross_entropy``. ``[1024, 8192]`` (32 MB) stays chunked: at 16 MB per
 #: thread it took this branch and measured 1.01x, against 0.48x chunked.
@@ -370,7 +371,7 @@ def sparse_loss(call):
         grad = _empty_like(z2) if need_grad else None
         g = _grad_prescale(grad, cd, N)
         if need_grad and one_chunk:
-            return _sparse_one_chunk(z2, t2, grad, g), grad, g
+            return torch.from_numpy(_sparse_one_chunk(z2, t2, grad, g)), grad, g
         M, S, D, SZ = _stats(N, 4 if s != 0.0 else 3, cd, z2.device) + [None] * (s == 0.0)
         if need_grad:
             src = (-on * g).to(cd)[:, None] if isinstance(on, torch.Tensor) else torch.full(
@@ -417,29 +418,121 @@ def sparse_loss(call):
         a.scatter_add_(1, t2, on_col)
         return _plain_rows(z2.to(cd), a, k1, zl)
 
+    red = reduce.plain_reduction(call) if one_chunk else None
+    if red is not None and torch.is_grad_enabled() and z2.requires_grad:
+        return reduce.Reduced(_SparseReduced.apply(z2, t2, red == "mean"))
     return _apply(z2, kernel, plain).reshape(z.shape[:-1])
 
 
-def _sparse_one_chunk(z2, t2, grad, g):
-    """The default sparse loss and ``g * (p - onehot)`` for all rows at once.
+def sparse_plain(call):
+    """The plain sparse record's ``Reduced`` mean or sum, or None: ``sparse_loss`` decides.
 
-    Every operator is one parallel region of torch's pool over the whole
-    array (it stays in the threads' caches, see ``PLAIN_ONE_CHUNK_BYTES``):
-    the row maximum, the softmax written into the gradient, the largest
-    probability, and the scale, with one ``exp`` per entry; no chunk loop, no
-    scratch buffer. The largest probability is ``exp(0) / S``, so
-    ``log S = -log max(p)`` with ``max(p)`` in ``[1/C, 1]``: nothing underflows, and the
-    loss ``log S - (z_t - m)`` stays exact for any logits. ``amax`` has no
-    index output, which makes it several times cheaper than ``max``.
+    The torch plain entry (``table.run_plain``) from ``MIN_FUSED_ELEMENTS``
+    logits: where :func:`sparse_loss` would take its one-chunk reduced branch
+    (CPU logits of the compute dtype that need a gradient, a ``"mean"`` or
+    ``"sum"``, classes last and contiguous, at most ``PLAIN_ONE_CHUNK_BYTES``
+    per torch thread: ``[8, 50257]``), the same :class:`_SparseReduced`
+    without the general kernel's setup (its options, coefficients and
+    closures): about a tenth of such a call.
     """
-    m = torch.amax(z2, 1, keepdim=True)
+    z, red = call.z, call.reduction
+    if (red == "none" or z.dtype != call.cdt or not z.requires_grad
+            or not torch.is_grad_enabled() or not _one_chunk(z, 1, PLAIN_ONE_CHUNK_BYTES)
+            or not _usable(z)):
+        return None
+    z2 = z if z.dim() == 2 else z.reshape(-1, z.shape[-1])
+    return reduce.Reduced(_SparseReduced.apply(z2, call.labels.reshape(-1, 1), red != "sum"))
+
+
+class _SparseReduced(torch.autograd.Function):
+    """The plain ``"mean"`` (``mean=True``) or ``"sum"`` of the default sparse loss, one chunk (CPU).
+
+    Returns the reduced scalar itself, as ``F.cross_entropy`` does: one
+    backward node instead of three (the function, a reshape and the mean).
+    The forward stores the scalar's own gradient (``(p - onehot) / N`` for
+    the mean, with ``1 / N`` rounded as torch's mean backward rounds it), so
+    the backward of the usual ``loss.backward()`` (an incoming 1, read
+    through NumPy: the tensor is on the CPU) returns that buffer untouched;
+    any other incoming value scales it once, in place. A second backward of
+    the same graph (``retain_graph=True``) computes the buffer again from the
+    saved logits; a differentiable one (``create_graph=True``) is the
+    gradient of ``F.cross_entropy``'s composition (same formula), so
+    higher-order gradients are exact.
+    """
+
+    @staticmethod
+    def forward(ctx, z2, t2, mean):
+        grad = _empty_like(z2)
+        g = _grad_prescale(grad, z2.dtype, z2.shape[0]) if mean else 1.0
+        rows = _sparse_one_chunk(z2, t2, grad, g)
+        ctx.grad, ctx.g, ctx.mean = grad, g, mean
+        ctx.save_for_backward(z2, t2)
+        # NumPy's pairwise sum in the compute dtype (as torch's), over N for the mean
+        total = np.add.reduce(rows)
+        return torch.from_numpy(np.asarray(total / total.dtype.type(rows.shape[0]) if mean
+                                           else total))
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        g = ctx.grad
+        ctx.grad = None
+        if not torch.is_grad_enabled():
+            if g is None:  # a second backward of the same graph
+                z2, t2 = ctx.saved_tensors
+                g = _empty_like(z2)
+                _sparse_one_chunk(z2, t2, g, ctx.g)
+            if grad_loss.requires_grad or grad_loss.numpy() != 1.0:
+                g.mul_(grad_loss)
+            return g, None, None
+        z2, t2 = ctx.saved_tensors
+        with torch.enable_grad():
+            loss = torch.nn.functional.cross_entropy(z2, t2[:, 0],
+                                                     reduction="mean" if ctx.mean else "sum")
+            (g,) = torch.autograd.grad(loss, z2, grad_loss, create_graph=True)
+        return g, None, None
+
+
+def _sparse_one_chunk(z2, t2, grad, g):
+    """The default sparse loss per row (a NumPy array) and ``g * (p - onehot)`` in ``grad`` (CPU).
+
+    Two torch operators, each one parallel region of torch's pool over the
+    whole array (it stays in the threads' caches, see
+    ``PLAIN_ONE_CHUNK_BYTES``): the softmax written into the gradient and
+    the scale by ``g``; one ``exp`` per entry, no chunk loop, no scratch
+    buffer. The ``N`` numbers of each row's label -- its probability ``p_t``
+    read, then ``-g`` added -- are handled by NumPy on the CPU tensors' own
+    memory: no torch operator to dispatch for them, no sync (a torch
+    ``gather``, ``log`` or ``scatter`` of eight numbers costs about what the
+    scale of the whole ``[8, 50257]`` gradient does). The loss is
+    ``-log p_t``, exact to a few units in the last place while ``p_t`` is a
+    normal number. When any row's ``p_t`` is below the dtype's smallest
+    normal number (a label logit far below the row maximum, as with logits
+    of +-1e4 or a ``-inf`` label logit) or NaN, the loss is
+    ``log S - (z_t - m)`` instead, from the row maximum ``m`` and
+    ``1 / S = max(p)`` (``exp(0) / S``, in ``[1/C, 1]``: nothing underflows),
+    exact for any logits.
+    """
     torch._softmax(z2, 1, False, out=grad)
-    inv_s = torch.amax(grad, 1)                                  # 1 / S
-    shifted_t = torch.gather(z2, 1, t2).sub_(m)[:, 0]            # z_t - m
+    p = grad.numpy()
+    t = t2.numpy()[:, 0]
+    rows = np.arange(t.shape[0])
+    p_t = p[rows, t]
+    if (p_t >= _TINY[grad.dtype]).all():
+        loss = -np.log(p_t)
+    else:
+        m = torch.amax(z2, 1, keepdim=True)
+        inv_s = torch.amax(grad, 1)                                  # 1 / S
+        shifted_t = torch.gather(z2, 1, t2).sub_(m)[:, 0]            # z_t - m
+        loss = torch.log(inv_s).neg_().sub_(shifted_t).numpy()
     if g != 1.0:
         grad.mul_(g)
-    grad.scatter_add_(1, t2, torch.full(t2.shape, -g, dtype=grad.dtype, device=grad.device))
-    return torch.log(inv_s).neg_().sub_(shifted_t)
+    p[rows, t] -= p.dtype.type(g)
+    return loss
+
+
+#: the smallest normal number of the compute dtypes of :func:`_sparse_one_chunk`
+_TINY = {torch.float32: float(np.finfo(np.float32).tiny),
+         torch.float64: float(np.finfo(np.float64).tiny)}
 
 
 def _plain_rows(z, a, keep, zl):

@@ -233,21 +233,24 @@ register("nce", "torch", (_sampled_torch, "nce_loss"))
 
 
 def _torch_sparse_plain(call: Any) -> Any:
-    """The plain sparse record on torch: below the fused kernel's size floor, the reference kernel.
+    """The plain sparse record on torch: the reference kernel below the fused floor, else the fused one.
 
     ``dense_torch.sparse_loss`` declines every record with fewer than
     ``dense_torch.MIN_FUSED_ELEMENTS`` logits (read on each call, so a test
-    that lowers it reaches the fused kernel); from the floor on, None: ``run``
-    asks the fused kernel as usual. The module is kept in ``_LOADED`` (an
-    ``import`` statement in a function goes through importlib's Python code:
-    ~1 us a call).
+    that lowers it reaches the fused kernel), so those go straight to the
+    reference kernel. From the floor on, ``dense_torch.sparse_plain`` takes
+    the one-chunk reduced case (``[8, 50257]`` with a gradient) without the
+    general kernel's setup; anything else is None: ``run`` asks the fused
+    kernel as usual. The module is kept in ``_LOADED`` (an ``import``
+    statement in a function goes through importlib's Python code: ~1 us a
+    call).
     """
     dt = _LOADED.get("dense_torch")
     if dt is None:
         dt = _LOADED["dense_torch"] = _dense_torch()
     if call.z.numel() < dt.MIN_FUSED_ELEMENTS:
         return reference.sparse_plain(call)
-    return None
+    return dt.sparse_plain(call)
 
 
 register_plain("sparse", "torch", _torch_sparse_plain)
