@@ -706,3 +706,69 @@ def test_reduced_one_chunk_second_and_higher_order_backward(reduced_spy):
     (g3,) = torch.autograd.grad(out, z3)
     assert g3.shape == z3.shape and torch.equal(z3.detach(), before)
     np.testing.assert_allclose(g3.numpy().reshape(6, 9), _float64_sparse(z, t)[1], atol=1e-15)
+
+
+def _ce_grad(z, t):
+    zz = z.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(zz, t), zz)
+    return g
+
+
+def test_recycled_gradient_buffers_are_never_reused_while_reachable():
+    # the gradient buffers of [8, 9000] float64 logits (576 KB) are recycled:
+    # whatever still reaches one -- the tensor, a view, its storage, a NumPy
+    # view, a leaf's .grad -- keeps it out of later calls
+    t = torch.randint(0, 9000, (8,), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    held = []
+    leaf = None
+    for how in ("tensor", "view", "storage", "numpy", "leaf.grad"):
+        z = torch.randn(8, 9000, dtype=torch.float64, generator=gen, requires_grad=True)
+        loss = xent.sparse_softmax_cross_entropy(z, t)
+        if how == "leaf.grad":
+            loss.backward()
+            leaf, g = z, z.grad
+            holder = None
+        else:
+            (g,) = torch.autograd.grad(loss, z)
+            holder = {"tensor": g, "view": g[2:5], "storage": g.untyped_storage(),
+                      "numpy": g.numpy()}[how]
+        held.append((holder, _ce_grad(z, t), g.clone()))
+        del g
+    for _ in range(12):  # later calls, their gradients dropped at once
+        z = torch.randn(8, 9000, dtype=torch.float64, generator=gen, requires_grad=True)
+        (g,) = torch.autograd.grad(xent.sparse_softmax_cross_entropy(z, t), z)
+        torch.testing.assert_close(g, _ce_grad(z, t), rtol=1e-12, atol=1e-15)
+    for (holder, want, snapshot), how in zip(held, ("tensor", "view", "storage", "numpy")):
+        if how == "tensor":
+            torch.testing.assert_close(holder, want, rtol=1e-12, atol=1e-15)
+        elif how == "view":
+            torch.testing.assert_close(holder, want[2:5], rtol=1e-12, atol=1e-15)
+        elif how == "storage":
+            got = torch.tensor([], dtype=torch.float64).set_(holder).reshape(8, 9000)
+            torch.testing.assert_close(got, snapshot, rtol=0, atol=0)
+        else:
+            np.testing.assert_array_equal(holder, snapshot.numpy())
+    torch.testing.assert_close(leaf.grad, held[4][1], rtol=1e-12, atol=1e-15)
+    # a leaf's gradient accumulates into the stolen buffer, as with F.cross_entropy
+    xent.sparse_softmax_cross_entropy(leaf, t).backward()
+    torch.testing.assert_close(leaf.grad, 2 * held[4][1], rtol=1e-12, atol=1e-15)
+
+
+def test_recycling_is_bounded_and_reuses_dropped_buffers():
+    z = torch.zeros(8, 9000, dtype=torch.float64)
+    keep = [_fast_torch._empty_like(z) for _ in range(_fast_torch.RECYCLE_PER_SIZE + 3)]
+    ptrs = {k.data_ptr() for k in keep}
+    assert len(ptrs) == len(keep)  # every live buffer its own memory
+    nbytes = 8 * 9000 * 8
+    assert len(_fast_torch._POOL[nbytes]) == _fast_torch.RECYCLE_PER_SIZE
+    pooled = {b.ctypes.data for b in _fast_torch._POOL[nbytes]}
+    del keep[0]
+    again = _fast_torch._empty_like(z)
+    # the dropped block comes back (no fresh pages), and never one still held
+    assert again.data_ptr() in pooled and again.data_ptr() not in {k.data_ptr() for k in keep}
+    for i in range(_fast_torch.RECYCLE_SIZES + 2):  # many sizes: the oldest are let go
+        _fast_torch._empty_like(torch.zeros(8, 9000 + i, dtype=torch.float64))
+    assert len(_fast_torch._POOL) <= _fast_torch.RECYCLE_SIZES
+    small = _fast_torch._empty_like(torch.zeros(8, 10))  # below RECYCLE_MIN_BYTES
+    assert small.untyped_storage().nbytes() == 8 * 10 * 4 and small.is_contiguous()

@@ -9,7 +9,9 @@ logits-sized buffer and a few cache-sized chunks. (The sigmoid kernel, for
 every reduction but ``"none"``, returns per-row sums of the weighted loss
 instead of the per-element loss: see :func:`sigmoid_loss`. The default sparse
 call small enough for one chunk returns its ``"mean"`` or ``"sum"`` itself,
-from its own function: see :class:`_SparseReduced`.)
+from its own function: see :class:`_SparseReduced`.) CPU gradient buffers of
+a few MB are recycled once nothing references them (:func:`_recycled`), so a
+training loop does not page-fault a fresh buffer on every step.
 
 Threads (CPU only): the row blocks run in Python threads while torch's own
 intra-op pool is set to one thread (it is restored afterwards); small chunks
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -210,8 +213,14 @@ def _empty_like(z: torch.Tensor, dtype=None) -> torch.Tensor:
     A fresh logits-sized buffer is mostly page faults on its first write (one
     per 4 KiB); asking for transparent huge pages (``madvise(MADV_HUGEPAGE)``,
     honoured when THP is in "madvise" or "always" mode) makes that 512 times
-    fewer. Anywhere else this is a plain ``torch.empty_like``.
+    fewer. A CPU buffer below that size is recycled (:func:`_recycled`).
+    Anywhere else this is a plain ``torch.empty_like``.
     """
+    if z.device.type == "cpu":
+        dt = z.dtype if dtype is None else dtype
+        nbytes = z.numel() * _ITEMSIZE.get(dt, 0)
+        if RECYCLE_MIN_BYTES <= nbytes < 4 * _HUGE:
+            return _recycled(nbytes, dt, z.shape)
     out = torch.empty_like(z, dtype=dtype)
     nbytes = out.numel() * out.element_size()
     if out.device.type == "cpu" and nbytes >= 4 * _HUGE:
@@ -230,6 +239,63 @@ def _empty_like(z: torch.Tensor, dtype=None) -> torch.Tensor:
         except (OSError, AttributeError):  # pragma: no cover - not Linux / no libc
             _madvise = False
     return out
+
+
+#: CPU buffers from this many bytes up to the huge-page size of :func:`_empty_like`
+#: are recycled: below it a fresh buffer costs few page faults
+RECYCLE_MIN_BYTES = 1 << 18
+#: how many buffers of one size are kept, and for how many sizes at most
+RECYCLE_PER_SIZE = 4
+RECYCLE_SIZES = 8
+_ITEMSIZE = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
+_POOL: dict[int, list] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _free_refs() -> int:
+    """The reference count :func:`_recycled` sees of a block that only its list holds."""
+    for b in [np.empty(1, dtype=np.uint8)]:
+        return sys.getrefcount(b)
+    raise AssertionError  # pragma: no cover
+
+
+_FREE_REFS = _free_refs()
+
+
+def _recycled(nbytes: int, dtype, shape) -> torch.Tensor:
+    """An uninitialised CPU tensor, on a block of memory that nothing else references.
+
+    A gradient buffer of a few MB handed to the caller is freed when the
+    caller drops it, and glibc's allocator often gives such a block back to
+    the kernel (``munmap``, or trimming the top of the heap), so the next
+    call's buffer starts as one page fault per 4 KiB: at ``[8, 50257]``
+    about 400 faults, more than the loss's own arithmetic. Instead the
+    buffers are NumPy blocks this module keeps (at most
+    ``RECYCLE_PER_SIZE`` per size, for ``RECYCLE_SIZES`` sizes), each lent
+    as a tensor that references it (``torch.from_numpy``). A block is lent
+    again only when no tensor, view, storage or array holds it any more:
+    its reference count is then the pool's own, so memory a caller can
+    still reach is never reused. When every kept block is in use the
+    buffer is a plain ``torch.empty`` (never blocks, never waits). Such a
+    gradient is an ordinary contiguous tensor, except that its storage
+    (NumPy's memory) cannot be resized in place (``resize_`` raises; no
+    optimizer or gradient hook does that).
+    """
+    with _POOL_LOCK:
+        blocks = _POOL.get(nbytes)
+        if blocks is None:
+            if len(_POOL) >= RECYCLE_SIZES:
+                del _POOL[next(iter(_POOL))]  # the oldest size: its blocks in use stay alive
+            blocks = _POOL[nbytes] = []
+        for b in blocks:
+            if sys.getrefcount(b) == _FREE_REFS:  # the list's, the loop's and the call's
+                break
+        else:
+            if len(blocks) >= RECYCLE_PER_SIZE:
+                return torch.empty(shape, dtype=dtype)
+            b = np.empty(nbytes, dtype=np.uint8)
+            blocks.append(b)
+        return torch.from_numpy(b).view(dtype).view(shape)
 
 
 def _apply(z2: torch.Tensor, kernel, plain) -> torch.Tensor:
