@@ -9,7 +9,8 @@ Examples::
     python -m benchmarks --list
 
 Every job runs in a fresh process (see :mod:`benchmarks.runner` for the
-measurement method). Results go to the terminal (a table per problem with
+measurement method); ``--rounds K`` runs the whole list K times, so that xent
+and its peers alternate and no ratio rests on one process's allocator luck. Results go to the terminal (a table per problem with
 ratios of xent against each peer), and into the output directory (``--out DIR``;
 default ``$XENT_BENCH_OUT`` or ``$TMPDIR/xent-bench``, outside the source tree):
 ``<stamp>-<sizes>.csv`` (machine, versions and a UTC timestamp on every row), a
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -53,6 +55,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="timed runs per job (median)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per job")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole job list this many times, each job in a fresh process "
+                        "every round, xent and its peers alternating; a job's time is the "
+                        "median of its rounds' medians (default 1)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory for the CSV, plot and RESULTS.md (default "
                         "$XENT_BENCH_OUT or $TMPDIR/xent-bench)")
@@ -113,6 +119,31 @@ def out_dir(args) -> str:
     return d
 
 
+def combine_rounds(results: list[dict]) -> dict:
+    """One job's figures from its rounds (``--rounds``): each a fresh process's result.
+
+    The time, CPU time and extra memory are the medians of the rounds'
+    (a process's allocator history -- which buffers come back as fresh,
+    page-faulting memory -- moves a sub-millisecond step by tens of percent,
+    for xent and its peers alike), the min and max the extremes of all
+    rounds. Rounds that failed are left out; when every round failed, the
+    first error is the result.
+    """
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[0]
+    if len(ok) == 1:
+        return ok[0]
+    out = dict(ok[0])
+    for key in ("time_s", "cpu_s", "extra_bytes", "mem_ratio"):
+        vals = [r[key] for r in ok if r.get(key) is not None]
+        if vals:
+            out[key] = statistics.median(vals)
+    out["time_min_s"] = min(r["time_min_s"] for r in ok)
+    out["time_max_s"] = max(r["time_max_s"] for r in ok)
+    return out
+
+
 def _in_process(key, size, bwd, reps, warmup) -> dict:
     """One job in this process (--quick): fast, but memory includes earlier jobs' caches."""
     from .runner import measure
@@ -165,15 +196,21 @@ def main(argv: list[str] | None = None) -> int:
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     from tqdm import tqdm
 
-    rows = []
-    bar = tqdm(jobs, unit="job", file=sys.stderr, dynamic_ncols=True)
-    for c, size, bwd in bar:
-        bar.set_description(f"{c.impl[:28]:28s} {'fwd+bwd' if bwd else 'fwd':7s}")
+    rounds = max(1, args.rounds)
+    results: list[list[dict]] = [[] for _ in jobs]
+    bar = tqdm([(r, i) for r in range(rounds) for i in range(len(jobs))], unit="job",
+               file=sys.stderr, dynamic_ncols=True)
+    for r, i in bar:
+        c, size, bwd = jobs[i]
+        bar.set_description(f"{c.impl[:28]:28s} {'fwd+bwd' if bwd else 'fwd':7s}"
+                            + (f" round {r + 1}/{rounds}" if rounds > 1 else ""))
         if args.quick and not args.fresh:
             res = _in_process(c.key, size, bwd, reps, warmup)
         else:
             res = run_job(c.key, size, bwd, reps, warmup, timeout=args.timeout)
-        rows.append({"case": c, "size": size, "backward": bwd, **res})
+        results[i].append(res)
+    rows = [{"case": c, "size": size, "backward": bwd, **combine_rounds(results[i])}
+            for i, (c, size, bwd) in enumerate(jobs)]
     print(format_tables(rows))
     stamp = info["timestamp"].replace(":", "").replace("-", "")
     dirs = [out_dir(args)]

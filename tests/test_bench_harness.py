@@ -80,3 +80,35 @@ def test_small_overhead_steps_are_timed_per_call(bench, monkeypatch):
     monkeypatch.setattr(registry, "find", lambda key: fake)
     out = runner.measure("x", {}, True, reps=3, warmup=0)
     assert out["time_s"] == pytest.approx(1 / 4)  # 1 s between the two reads, over 4 calls
+
+
+def test_rounds_take_the_median_of_fresh_processes(bench, monkeypatch, tmp_path):
+    """``--rounds 3``: each job three times, alternating, its figures the rounds' medians."""
+    import benchmarks.__main__ as bm
+
+    order = []
+    times = {"a": [3.0, 1.0, 2.0], "b": [5.0, 9.0, 7.0]}
+
+    def fake_job(key, size, backward, reps, warmup, timeout=None):
+        k = "a" if "xent torch" in key else "b"
+        i = sum(1 for o in order if o == k)
+        order.append(k)
+        if k == "b" and i == 1:
+            return {"error": "boom"}  # a failed round is left out
+        t = times[k][i]
+        return {"time_s": t, "cpu_s": 2 * t, "time_min_s": t - 0.5, "time_max_s": t + 0.5,
+                "extra_bytes": int(100 * t)}
+
+    monkeypatch.setattr(bm, "run_job", fake_job)
+    rows = []
+    monkeypatch.setattr(bm, "write_csv", lambda path, r, *a, **k: rows.extend(r))
+    rc = bm.main(["--group", "overhead_torch", "--size", "n=4,c=3", "--rounds", "3",
+                  "--out", str(tmp_path), "--no-plot", "--no-markdown"])
+    assert rc == 0
+    assert order == ["b", "a", "b", "a", "b", "a"] or order == ["a", "b", "a", "b", "a", "b"]
+    got = {("a" if r["case"].impl == "xent torch" else "b"): r for r in rows}
+    assert got["a"]["time_s"] == 2.0 and got["a"]["cpu_s"] == 4.0
+    assert got["a"]["time_min_s"] == 0.5 and got["a"]["time_max_s"] == 3.5
+    assert got["a"]["extra_bytes"] == 200
+    assert got["b"]["time_s"] == 6.0 and got["b"]["time_max_s"] == 7.5  # rounds 1 and 3
+    assert bm.combine_rounds([{"error": "x"}, {"error": "y"}]) == {"error": "x"}
