@@ -268,6 +268,25 @@ def _sigmoid_pair(zc):
     return tf.where(nonneg, q, eq), tf.where(nonneg, eq, q)
 
 
+def _sigmoid_terms(zc, pos, neg):
+    """``pos softplus(-z) + neg softplus(z)`` per element, ``0 * inf`` counted 0.
+
+    Written as ``(pos + neg) l + pos max(-z, 0) + neg max(z, 0)`` with
+    ``l = log1p(exp(-|z|))`` in ``[0, log 2]`` (never infinite, NaN only for a
+    NaN logit): only the two ``max`` terms can be infinite (``z = -inf`` or
+    ``+inf``), and ``multiply_no_nan`` makes each 0 where its coefficient is
+    (one select each, instead of an ``is_inf`` test and a select on both whole
+    softplus terms: ~4% of a ``jit_compile`` step on ``[1024, 32768]``).
+    ``exp(-|z|)`` is deliberately not written as :func:`_sigmoid_pair`'s
+    select: XLA would then compute it once for both passes and keep it in an
+    ``[N, C]`` buffer from the forward pass to the backward, as ``tf.nn``'s
+    gradient does (~3% faster again, but one logits-sized buffer more).
+    """
+    l1 = tf.math.log1p(tf.exp(-tf.abs(zc)))
+    return ((pos + neg) * l1 + tf.math.multiply_no_nan(tf.maximum(-zc, 0.0), pos)
+            + tf.math.multiply_no_nan(tf.maximum(zc, 0.0), neg))
+
+
 def _safe(w, v):
     """``v``, 0 where ``w == 0`` and ``v`` is infinite (``w * _safe(w, v)`` is ``safe_product``)."""
     return tf.where((w == 0) & tf.math.is_inf(v), tf.zeros_like(v), v)
@@ -312,8 +331,7 @@ def sigmoid_loss(call):
 
     @tf.custom_gradient
     def f(z, pos, neg):
-        sp, sp_neg = _softplus_pair(tf.cast(z, cdt))
-        loss = pos * _safe(pos, sp_neg) + neg * _safe(neg, sp)
+        loss = _sigmoid_terms(tf.cast(z, cdt), pos, neg)
         if red is not None:
             loss = tf.reduce_sum(loss)
             if red == "mean":
