@@ -755,7 +755,7 @@ def test_recycled_gradient_buffers_are_never_reused_while_reachable():
     torch.testing.assert_close(leaf.grad, 2 * held[4][1], rtol=1e-12, atol=1e-15)
 
 
-def test_recycling_is_bounded_and_reuses_dropped_buffers():
+def test_recycling_is_bounded_and_reuses_dropped_buffers(monkeypatch):
     z = torch.zeros(8, 9000, dtype=torch.float64)
     keep = [_fast_torch._empty_like(z) for _ in range(_fast_torch.RECYCLE_PER_SIZE + 3)]
     ptrs = {k.data_ptr() for k in keep}
@@ -770,5 +770,16 @@ def test_recycling_is_bounded_and_reuses_dropped_buffers():
     for i in range(_fast_torch.RECYCLE_SIZES + 2):  # many sizes: the oldest are let go
         _fast_torch._empty_like(torch.zeros(8, 9000 + i, dtype=torch.float64))
     assert len(_fast_torch._POOL) <= _fast_torch.RECYCLE_SIZES
+    kept = sum(b.nbytes for bs in _fast_torch._POOL.values() for b in bs)
+    assert kept <= _fast_torch.RECYCLE_MAX_BYTES
+    # past the byte cap a new block is plain torch memory, and the pool does not grow
+    last = torch.zeros(8, 9000 + _fast_torch.RECYCLE_SIZES + 1, dtype=torch.float64)
+    block = last.numel() * 8
+    monkeypatch.setattr(_fast_torch, "RECYCLE_PER_SIZE", 100)
+    monkeypatch.setattr(_fast_torch, "RECYCLE_MAX_BYTES", kept + block + block // 2)
+    held = [_fast_torch._empty_like(last) for _ in range(3)]
+    # the kept free block, one new block under the cap, then plain memory
+    assert len({h.data_ptr() for h in held}) == 3
+    assert sum(b.nbytes for bs in _fast_torch._POOL.values() for b in bs) == kept + block
     small = _fast_torch._empty_like(torch.zeros(8, 10))  # below RECYCLE_MIN_BYTES
     assert small.untyped_storage().nbytes() == 8 * 10 * 4 and small.is_contiguous()

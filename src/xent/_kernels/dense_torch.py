@@ -244,9 +244,10 @@ def _empty_like(z: torch.Tensor, dtype=None) -> torch.Tensor:
 #: CPU buffers from this many bytes up to the huge-page size of :func:`_empty_like`
 #: are recycled: below it a fresh buffer costs few page faults
 RECYCLE_MIN_BYTES = 1 << 18
-#: how many buffers of one size are kept, and for how many sizes at most
+#: how many buffers of one size are kept, for how many sizes, and how many bytes in all
 RECYCLE_PER_SIZE = 4
 RECYCLE_SIZES = 8
+RECYCLE_MAX_BYTES = 64 << 20
 _ITEMSIZE = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 _POOL: dict[int, list] = {}
 _POOL_LOCK = threading.Lock()
@@ -271,7 +272,8 @@ def _recycled(nbytes: int, dtype, shape) -> torch.Tensor:
     call's buffer starts as one page fault per 4 KiB: at ``[8, 50257]``
     about 400 faults, more than the loss's own arithmetic. Instead the
     buffers are NumPy blocks this module keeps (at most
-    ``RECYCLE_PER_SIZE`` per size, for ``RECYCLE_SIZES`` sizes), each lent
+    ``RECYCLE_PER_SIZE`` per size, for ``RECYCLE_SIZES`` sizes, and
+    ``RECYCLE_MAX_BYTES`` in all: the memory a finished loop leaves idle), each lent
     as a tensor that references it (``torch.from_numpy``). A block is lent
     again only when no tensor, view, storage or array holds it any more:
     its reference count is then the pool's own, so memory a caller can
@@ -291,7 +293,8 @@ def _recycled(nbytes: int, dtype, shape) -> torch.Tensor:
             if sys.getrefcount(b) == _FREE_REFS:  # the list's, the loop's and the call's
                 break
         else:
-            if len(blocks) >= RECYCLE_PER_SIZE:
+            kept = sum(b.nbytes for bs in _POOL.values() for b in bs)  # only on a new block
+            if len(blocks) >= RECYCLE_PER_SIZE or kept + nbytes > RECYCLE_MAX_BYTES:
                 return torch.empty(shape, dtype=dtype)
             b = np.empty(nbytes, dtype=np.uint8)
             blocks.append(b)
