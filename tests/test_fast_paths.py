@@ -783,3 +783,20 @@ def test_recycling_is_bounded_and_reuses_dropped_buffers(monkeypatch):
     assert sum(b.nbytes for bs in _fast_torch._POOL.values() for b in bs) == kept + block
     small = _fast_torch._empty_like(torch.zeros(8, 10))  # below RECYCLE_MIN_BYTES
     assert small.untyped_storage().nbytes() == 8 * 10 * 4 and small.is_contiguous()
+
+
+@pytest.mark.parametrize("bad", [-1, 13, -100])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_one_chunk_labels_out_of_range_raise_even_with_checks_off(bad, reduction, reduced_spy):
+    # the one-chunk kernel reads the label's probability through NumPy, whose
+    # negative indices would wrap silently to the last classes: never a number
+    z, t, _, _, _ = _data(n=6, c=13)
+    t[4] = bad
+    zt = torch.tensor(z, requires_grad=True)
+    with xent.value_checks("off"):
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 13\)"):
+            xent.sparse_softmax_cross_entropy(zt, torch.tensor(t), reduction=reduction)
+    t[4] = 12  # the largest valid class is fine
+    with xent.value_checks("off"):
+        out = xent.sparse_softmax_cross_entropy(zt, torch.tensor(t))
+    np.testing.assert_allclose(out.item(), _float64_sparse(z, t)[0].mean(), rtol=1e-12)

@@ -581,9 +581,14 @@ def _sparse_one_chunk(z2, t2, grad, g):
     ``1 / S = max(p)`` (``exp(0) / S``, in ``[1/C, 1]``: nothing underflows),
     exact for any logits.
     """
+    t = t2.numpy()[:, 0]
+    if (t.view(np.uint64) >= z2.shape[1]).any():  # negative ones too, as huge unsigned
+        # only under value_checks("off"): NumPy would wrap a negative index
+        # silently, where torch's own gather raises
+        raise ValueError(f"labels must be class indices in [0, {z2.shape[1]}) (value checks "
+                         "are off, but a label outside the classes has no loss)")
     torch._softmax(z2, 1, False, out=grad)
     p = grad.numpy()
-    t = t2.numpy()[:, 0]
     rows = np.arange(t.shape[0])
     p_t = p[rows, t]
     if (p_t >= _TINY[grad.dtype]).all():
