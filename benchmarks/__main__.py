@@ -132,8 +132,6 @@ def combine_rounds(results: list[dict]) -> dict:
     ok = [r for r in results if "error" not in r]
     if not ok:
         return results[0]
-    if len(ok) == 1:
-        return ok[0]
     out = dict(ok[0])
     for key in ("time_s", "cpu_s", "extra_bytes", "mem_ratio"):
         vals = [r[key] for r in ok if r.get(key) is not None]

@@ -218,7 +218,7 @@ def _empty_like(z: torch.Tensor, dtype=None) -> torch.Tensor:
     """
     if z.device.type == "cpu":
         dt = z.dtype if dtype is None else dtype
-        nbytes = z.numel() * _ITEMSIZE.get(dt, 0)
+        nbytes = z.numel() * dt.itemsize
         if RECYCLE_MIN_BYTES <= nbytes < 4 * _HUGE:
             return _recycled(nbytes, dt, z.shape)
     out = torch.empty_like(z, dtype=dtype)
@@ -248,7 +248,6 @@ RECYCLE_MIN_BYTES = 1 << 18
 RECYCLE_PER_SIZE = 4
 RECYCLE_SIZES = 8
 RECYCLE_MAX_BYTES = 64 << 20
-_ITEMSIZE = {torch.float32: 4, torch.float64: 8, torch.float16: 2, torch.bfloat16: 2}
 _POOL: dict[int, list] = {}
 _POOL_LOCK = threading.Lock()
 
@@ -425,16 +424,18 @@ def sparse_loss(call):
     t2 = t.reshape(-1, 1)
     wt1 = None if w_t is None else w_t.reshape(-1)
     k1 = None if keep is None else keep.reshape(-1)
+    # the default options (no smoothing, weights, z-loss or dropped rows), logits
+    # in the compute dtype
+    plain_rows = s == 0.0 and wt1 is None and zl == 0.0 and k1 is None and z2.dtype == cd
+    one_chunk = plain_rows and _one_chunk(z2, 1, PLAIN_ONE_CHUNK_BYTES)
+    red = reduce.plain_reduction(call) if one_chunk else None
+    if red is not None and torch.is_grad_enabled() and z2.requires_grad:
+        return reduce.Reduced(_SparseReduced.apply(z2, t2, red == "mean"))
     w_total = C if cw is None else cw.sum()
     sc = s / C
     smooth_w = None if s == 0.0 else (sc if cw is None else sc * cw)
     a_sum, on = chunks.sparse_coefficients(wt1, s, C, w_total)
     a_sum = a_sum if isinstance(a_sum, float) else a_sum.to(cd)
-
-    # the default options (no smoothing, weights, z-loss or dropped rows), logits
-    # in the compute dtype
-    plain_rows = s == 0.0 and wt1 is None and zl == 0.0 and k1 is None and z2.dtype == cd
-    one_chunk = plain_rows and _one_chunk(z2, 1, PLAIN_ONE_CHUNK_BYTES)
 
     def kernel(z2, need_grad):
         grad = _empty_like(z2) if need_grad else None
@@ -487,9 +488,6 @@ def sparse_loss(call):
         a.scatter_add_(1, t2, on_col)
         return _plain_rows(z2.to(cd), a, k1, zl)
 
-    red = reduce.plain_reduction(call) if one_chunk else None
-    if red is not None and torch.is_grad_enabled() and z2.requires_grad:
-        return reduce.Reduced(_SparseReduced.apply(z2, t2, red == "mean"))
     return _apply(z2, kernel, plain).reshape(z.shape[:-1])
 
 
@@ -550,7 +548,7 @@ class _SparseReduced(torch.autograd.Function):
                 z2, t2 = ctx.saved_tensors
                 g = _empty_like(z2)
                 _sparse_one_chunk(z2, t2, g, ctx.g)
-            if grad_loss.requires_grad or grad_loss.numpy() != 1.0:
+            if not _uniform_equal(grad_loss, 1.0):
                 g.mul_(grad_loss)
             return g, None, None
         z2, t2 = ctx.saved_tensors
