@@ -123,9 +123,11 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
       chunk_size: the memory budget, as vocabulary columns per chunk: about
         ``N * chunk_size`` logits are held at once (twice that with
         ``logit_softcap``), as ``[N, chunk_size]`` vocabulary chunks or, when
-        that allows blocks of at least 128 rows, as ``[N * chunk_size // V, V]``
-        token blocks whose gradients are formed in the forward pass (three
-        products per step; torch and JAX, see ``xent._kernels.linear_torch``).
+        that allows blocks of at least 128 rows, as token blocks of about
+        ``[3/4 N * chunk_size // V, V]`` (torch: the last quarter of the budget
+        is left for the BLAS libraries' work space; JAX sizes its blocks to
+        XLA's buffers) whose gradients are formed in the forward pass (three
+        products per step; see ``xent._kernels.linear_torch``).
         By default 10% of the ``N * V`` logits, at least 4M logits (16 MB).
 
     Returns:
