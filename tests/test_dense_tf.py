@@ -234,16 +234,23 @@ def test_declines_focal(spy):
     assert spy == [("sigmoid", False), ("sigmoid", False), ("sigmoid", True)]
 
 
-def _nc_buffers(fn, z):
-    """The ``[N, C]`` arrays XLA materializes for fwd+bwd: instructions of the entry computation."""
+def _step_hlo(fn, z, reduce=True):
+    """Optimized HLO of the fwd+bwd step (the loss and the whole gradient) under jit_compile."""
     @tf.function(jit_compile=True)
     def step(z):
         with tf.GradientTape() as tape:
             tape.watch(z)
-            loss = tf.reduce_sum(fn(z))
+            loss = fn(z)
+            if reduce:
+                loss = tf.reduce_sum(loss)
         return loss, tape.gradient(loss, z)
 
-    hlo = step.experimental_get_compiler_ir(z)(stage="optimized_hlo")
+    return step.experimental_get_compiler_ir(z)(stage="optimized_hlo")
+
+
+def _nc_buffers(fn, z):
+    """The ``[N, C]`` arrays XLA materializes for fwd+bwd: instructions of the entry computation."""
+    hlo = _step_hlo(fn, z)
     entry = hlo[hlo.find("ENTRY"):]
     n, c = z.shape
     return sum(1 for line in entry.splitlines()
@@ -260,10 +267,25 @@ def test_xla_materializes_no_more_nc_buffers_than_tf():
          lambda z: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=z)),
         (lambda z: xent.softmax_cross_entropy(z, y, reduction="none"),
          lambda z: tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z)),
+        (lambda z: xent.sigmoid_cross_entropy(z, y, reduction="none"),
+         lambda z: tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)),
     ]
     for ours, theirs in pairs:
         a, b = _nc_buffers(ours, z), _nc_buffers(theirs, z)
         assert 1 <= a <= b, (a, b)
+
+
+@pytest.mark.parametrize("pos_weight", [None, 2.5])
+def test_sigmoid_step_computes_one_exp_per_logit_under_xla(pos_weight):
+    """The forward and backward passes write ``exp(-|z|)`` alike, so XLA computes it once per
+    logit for the whole step, as for ``tf.nn``'s composition (two exponentials made the step
+    about 5% slower than ``tf.nn``'s under ``jit_compile``)."""
+    z = tf.constant(RNG.normal(size=(64, 96)), tf.float32)
+    y = tf.constant((RNG.random((64, 96)) < 0.3).astype(np.float32))
+    ours = _step_hlo(lambda z: xent.sigmoid_cross_entropy(z, y, pos_weight=pos_weight), z, False)
+    theirs = _step_hlo(lambda z: tf.reduce_mean(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)), z, False)
+    assert ours.count(" exponential(") == 1 == theirs.count(" exponential(")
 
 
 @pytest.mark.parametrize("mode", ["eager", "function", "jit"])
@@ -330,7 +352,7 @@ def total(lf):
         with tf.GradientTape() as tape:
             tape.watch(z)
             loss = lf(z, y)
-        return loss, tape.gradient(loss, z)[0, 0]
+        return loss, tape.gradient(loss, z)
     before = set(glob.glob(d + "/*buffer-assignment*"))
     step(z, y)
     (f,) = set(glob.glob(d + "/*buffer-assignment*")) - before
@@ -353,10 +375,10 @@ print(total(lambda z, y: xent.sigmoid_cross_entropy(z, yb)),
 def test_xla_peak_memory_of_soft_loss_not_above_tf():
     """XLA's buffer assignment (all live buffers at the peak, inputs included) for fwd+bwd.
 
-    The benchmark's step (mean loss, one element of the gradient): the
-    loss's pass over ``[N, C]`` must not hold a buffer while ``exp``'s is
-    alive (it did: one ``[N, C]`` buffer more than ``tf.nn``). A fresh
-    process, as XLA reads its flags once.
+    The benchmark's step (mean loss and the whole gradient): the loss's pass
+    over ``[N, C]`` must not hold a buffer while ``exp``'s is alive (it did:
+    one ``[N, C]`` buffer more than ``tf.nn``). A fresh process, as XLA reads
+    its flags once.
     """
     src = os.path.dirname(os.path.dirname(xent.__file__))
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -371,9 +393,9 @@ def test_xla_peak_memory_of_soft_loss_not_above_tf():
     # integer labels: no buffer more than tf.nn, not even the [C] vector of a row-sum product
     ours, theirs = map(int, lines[-2].split())
     assert theirs >= nc and ours <= theirs, (ours, theirs, nc)
-    # sigmoid: the elementwise loss and its sum; tf.nn holds one [N, C] temporary more
+    # sigmoid: exp(-|z|) shared by both passes and the elementwise loss, as in tf.nn's step
     ours, theirs = map(int, lines[-1].split())
-    assert theirs >= 3 * nc and ours <= theirs - nc, (ours, theirs, nc)
+    assert theirs >= 4 * nc and ours <= theirs, (ours, theirs, nc)
 
 
 # ------------------------------------------------------------- sigmoid ---

@@ -254,37 +254,45 @@ def _softplus_pair(zc):
     return l1 + tf.maximum(zc, 0.0), l1 + tf.maximum(-zc, 0.0)
 
 
-def _sigmoid_pair(zc):
-    """``(σ(z), σ(-z))`` from one ``exp`` and one division, each without cancellation.
-
-    ``e = exp(-|z|)``, written as a select of ``-z`` and ``z`` (not ``abs``) so
-    that its autodiff (second derivatives) is the one-sided derivative at 0,
-    not ``sign(0) = 0``.
-    """
-    nonneg = zc >= 0
-    e = tf.exp(tf.where(nonneg, -zc, zc))
-    q = 1.0 / (1.0 + e)
-    eq = e * q
-    return tf.where(nonneg, q, eq), tf.where(nonneg, eq, q)
+def _neg_abs(zc):
+    """``-|z|`` as a select of ``-z`` and ``z`` (not ``abs``): its autodiff (second
+    derivatives) is then the one-sided derivative at 0, not ``sign(0) = 0``."""
+    return tf.where(zc >= 0, -zc, zc)
 
 
-def _sigmoid_terms(zc, pos, neg):
+def _sigmoid_terms(zc, pos, neg, unit):
     """``pos softplus(-z) + neg softplus(z)`` per element, ``0 * inf`` counted 0.
 
-    Written as ``(pos + neg) l + pos max(-z, 0) + neg max(z, 0)`` with
-    ``l = log1p(exp(-|z|))`` in ``[0, log 2]`` (never infinite, NaN only for a
-    NaN logit): only the two ``max`` terms can be infinite (``z = -inf`` or
-    ``+inf``), and ``multiply_no_nan`` makes each 0 where its coefficient is
-    (one select each, instead of an ``is_inf`` test and a select on both whole
-    softplus terms: ~4% of a ``jit_compile`` step on ``[1024, 32768]``).
-    ``exp(-|z|)`` is deliberately not written as :func:`_sigmoid_pair`'s
-    select: XLA would then compute it once for both passes and keep it in an
-    ``[N, C]`` buffer from the forward pass to the backward, as ``tf.nn``'s
-    gradient does (~3% faster again, but one logits-sized buffer more).
+    Written as ``(pos + neg) l + z c`` with ``l = log1p(exp(-|z|))`` in
+    ``[0, log 2]`` (never infinite, NaN only for a NaN logit) and ``c = neg``
+    for ``z >= 0``, ``-pos`` below (``pos max(-z, 0) + neg max(z, 0)`` in one
+    select and one product): only ``z c`` can be infinite (``z = +-inf``), and
+    ``multiply_no_nan`` makes it 0 where its coefficient is. ``unit``: ``pos +
+    neg`` is 1 (no ``pos_weight``), so ``l`` is not multiplied. ``exp(-|z|)``
+    is written exactly as the backward pass writes it (:func:`_neg_abs`), so
+    that XLA computes it once for both passes, as ``tf.nn``'s program does:
+    under ``jit_compile`` the step then makes the passes over the logits that
+    ``tf.nn``'s makes, with fewer operations per element.
     """
+    l1 = tf.math.log1p(tf.exp(_neg_abs(zc)))
+    lin = tf.math.multiply_no_nan(zc, tf.where(zc >= 0, neg, -pos))
+    return (l1 if unit else (pos + neg) * l1) + lin
+
+
+def _sigmoid_grad(zc, pos, neg):
+    """``neg σ(z) - pos σ(-z)`` without cancellation: with ``e = exp(-|z|)`` and
+    ``q = 1 / (1 + e)``, ``q (neg - pos e)`` for ``z >= 0`` and ``q (neg e - pos)``
+    below (not ``σ(z)(pos + neg) - pos``, which loses the gradient ``-pos e^-z``
+    of a confident correct positive once ``σ(z)`` rounds to 1)."""
+    e = tf.exp(_neg_abs(zc))
+    q = 1.0 / (1.0 + e)
+    return q * tf.where(zc >= 0, neg - pos * e, neg * e - pos)
+
+
+def _softplus_pair(zc):
+    """``(softplus(z), softplus(-z))``: ``max(+-z, 0) + log1p(exp(-|z|))``, one ``exp`` and one ``log1p``."""
     l1 = tf.math.log1p(tf.exp(-tf.abs(zc)))
-    return ((pos + neg) * l1 + tf.math.multiply_no_nan(tf.maximum(-zc, 0.0), pos)
-            + tf.math.multiply_no_nan(tf.maximum(zc, 0.0), neg))
+    return l1 + tf.maximum(zc, 0.0), l1 + tf.maximum(-zc, 0.0)
 
 
 def _safe(w, v):
@@ -298,11 +306,13 @@ def sigmoid_loss(call):
     ``y' = (1 - s) y + s / 2``. The forward pass computes ``exp(-|z|)`` and
     its ``log1p`` once per element (both softplus terms share them); the
     backward pass recomputes ``e = exp(-|z|)`` from the logits (nothing of the
-    logits' size is saved besides the inputs) and forms
-    ``g (neg σ(z) - pos σ(-z))`` in one expression: two products of
-    cancellation-free factors (not ``σ(z)(pos + neg) - pos``, which loses
-    the gradient ``-pos e^-z`` of a confident correct positive once ``σ(z)``
-    rounds to 1). Where a coefficient is 0 and its softplus infinite
+    logits' size is saved besides the inputs; under ``jit_compile`` XLA sees
+    the same expression in both passes and computes it once, as for
+    ``tf.nn``'s composition) and forms ``g (neg σ(z) - pos σ(-z))`` in one
+    expression without cancellation (:func:`_sigmoid_grad`). Measured under
+    ``jit_compile`` at ``[4096, 32768]``, fwd+bwd with the whole gradient
+    returned: 0.96x ``tf.nn.sigmoid_cross_entropy_with_logits``'s time, the
+    same peak memory. Where a coefficient is 0 and its softplus infinite
     (``-inf`` logit with label 0, ``+inf`` with label 1) the term is 0 in the
     value and in every gradient, as ``reference.safe_product`` makes it.
 
@@ -327,11 +337,12 @@ def sigmoid_loss(call):
         y = (1.0 - s) * y + 0.5 * s
     pos = y if pw is None else pw * y
     neg = 1.0 - y
+    unit = pw is None  # pos + neg = 1
     red = plain_reduction(call)
 
     @tf.custom_gradient
     def f(z, pos, neg):
-        loss = _sigmoid_terms(tf.cast(z, cdt), pos, neg)
+        loss = _sigmoid_terms(tf.cast(z, cdt), pos, neg, unit)
         if red is not None:
             loss = tf.reduce_sum(loss)
             if red == "mean":
@@ -342,8 +353,7 @@ def sigmoid_loss(call):
             if red == "mean":
                 g = g / tf.cast(tf.size(z), cdt)
             zc = tf.cast(z, cdt)
-            sig, sig_neg = _sigmoid_pair(zc)
-            dz = tf.cast(g * (neg * sig - pos * sig_neg), z.dtype)
+            dz = tf.cast(g * _sigmoid_grad(zc, pos, neg), z.dtype)
             sp, sp_neg = _softplus_pair(zc)
             return dz, g * _safe(pos, sp_neg), g * _safe(neg, sp)
 
