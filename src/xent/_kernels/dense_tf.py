@@ -259,12 +259,6 @@ def dense_loss(call):
     return f(z, a)
 
 
-def _softplus_pair(zc):
-    """``(softplus(z), softplus(-z))``: ``max(+-z, 0) + log1p(exp(-|z|))``, one ``exp`` and one ``log1p``."""
-    l1 = tf.math.log1p(tf.exp(-tf.abs(zc)))
-    return l1 + tf.maximum(zc, 0.0), l1 + tf.maximum(-zc, 0.0)
-
-
 def _neg_abs(zc):
     """``-|z|`` as a select of ``-z`` and ``z`` (not ``abs``): its autodiff (second
     derivatives) is then the one-sided derivative at 0, not ``sign(0) = 0``."""
@@ -301,8 +295,9 @@ def _sigmoid_grad(zc, pos, neg):
 
 
 def _softplus_pair(zc):
-    """``(softplus(z), softplus(-z))``: ``max(+-z, 0) + log1p(exp(-|z|))``, one ``exp`` and one ``log1p``."""
-    l1 = tf.math.log1p(tf.exp(-tf.abs(zc)))
+    """``(softplus(z), softplus(-z))``: ``max(+-z, 0) + log1p(exp(-|z|))``, one ``exp`` and one
+    ``log1p`` (written as the loss writes them, so XLA shares them with it)."""
+    l1 = tf.math.log1p(tf.exp(_neg_abs(zc)))
     return l1 + tf.maximum(zc, 0.0), l1 + tf.maximum(-zc, 0.0)
 
 
