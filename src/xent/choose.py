@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._core.backend import backend_of, library_of, to_numpy
+from ._core.backend import backend_of, get_backend, library_of, to_numpy
 from ._core.validate import convert
 from ._guide import table as decisions
 
@@ -98,9 +98,15 @@ def _concept_equivalents(concept: str, xent_call: str | None) -> Equivalents:
 # -- reading labels -------------------------------------------------------------------
 
 def _host(x: Any, name: str) -> np.ndarray:
-    if library_of(x) is None and not isinstance(x, (list, tuple)):
-        raise TypeError(f"{name} must be a numpy.ndarray, torch.Tensor, jax.Array or list, "
-                        f"got a {type(x).__name__}")
+    lib = library_of(x)
+    if lib is None and not isinstance(x, (list, tuple)):
+        raise TypeError(f"{name} must be a numpy.ndarray, torch.Tensor, jax.Array, tf.Tensor "
+                        f"or list, got a {type(x).__name__}")
+    if lib not in (None, "numpy") and not get_backend(lib).is_concrete(x):
+        raise TypeError(
+            f"{name} is a symbolic array (traced by tf.function or jax.jit), which has no "
+            "values yet; choose and check read the values: call them eagerly, on a batch, "
+            "outside the compiled function")
     y = to_numpy(x)
     if y.dtype.kind not in "biuf" and y.dtype.name != "bfloat16":
         raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")

@@ -186,13 +186,17 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
             raise ValueError(f"bias must have shape ({nv},) (one per class of classifier), "
                              f"got {validate.shape_of(b)}")
     t = validate.convert(be, labels, x, "labels", "inputs")
-    validate.same_shape(t, lead, "labels", f"inputs are [..., D] = {shape}, so labels must be {lead}")
+    t = validate.same_shape(t, lead, "labels",
+                            f"inputs are [..., D] = {shape}, so labels must be {lead}",
+                            be, x, len(shape) - 1)
     validate.integer_labels(be, t, "labels")
     validate.class_indices(be, t, nv, ignore)
 
     xp = be.xp
     cdt = be.compute_dtype(x.dtype)
-    n = int(math.prod(lead))
+    # rows: -1 where a batch size is unknown until run time (TensorFlow's tf.data
+    # batches); the budget's default then counts one row (see tf_chunk)
+    n = int(math.prod(lead)) if validate.known(lead) else -1
     t, sw, valid = reduce.ignore_and_weight(be, t, ignore, sample_weight, x, lead, cdt)
     cw = None
     if class_weight is not None:
@@ -205,14 +209,15 @@ def linear_cross_entropy(inputs: Any, classifier: Any, labels: Any, /, *, bias: 
 
     t2 = xp.reshape(be.astype(t, be.index_dtype), (n,))
     w_t = 1.0 if cw is None else xp.take(cw, t2, axis=0)
-    o = Opts(nv, default_chunk(n, nv, chunk_size), s, zl, cap)
+    o = Opts(nv, default_chunk(max(n, 1), nv, chunk_size), s, zl, cap)
+    rows = validate.run_shape(t, lead)  # the labels have the leading shape
     norm = None
     if cw is not None:
-        norm = xp.reshape(w_t, lead) if sw is None else xp.reshape(w_t, lead) * sw
+        norm = xp.reshape(w_t, rows) if sw is None else xp.reshape(w_t, rows) * sw
 
     # every reduction but "none" back-propagates c * sample_weight per row (one scalar c)
     g_like = None if red == "none" else (1.0 if sw is None else xp.reshape(sw, (n,)))
     call = LinearCall(be, x2, W, b, t2, w_t, cw, o, cdt, g_like, lead, x.dtype, red, sw=sw,
                       valid=valid, norm=norm,
                       normalizer=validate.normalizer(normalizer, red, be, x, cdt))
-    return reduce.finish(call, xp.reshape(kernels.run("linear", call), lead))
+    return reduce.finish(call, xp.reshape(kernels.run("linear", call), rows))

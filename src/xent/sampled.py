@@ -33,11 +33,24 @@ def _matrix(be: Backend, x: Any, like: Any, name: str, ndim: int, what: str) -> 
     return x
 
 
+def x_rows(be: Backend, x: Any, ndim: int, T: int) -> Any:
+    """A tensor of shape ``[N]`` (``ndim`` 1) or ``[N, T]`` for the ``N`` rows of ``x``."""
+    col = x[:, :1] if ndim == 2 else x[:, 0]
+    return col if ndim == 1 or T == 1 else be.xp.broadcast_to(col, (be.tf.shape(x)[0], T))
+
+
 def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: int) -> Any:
     t = validate.convert(be, labels, like, "labels", "inputs")
     validate.integer_labels(be, t, "labels")
     shape = validate.shape_of(t)
-    if shape == (N,) and T == 1:
+    if N is None and validate.compatible(shape, (N, T)[:len(shape)]) and len(shape) in (
+            (1, 2) if T == 1 else (2,)):
+        # a batch size unknown until run time (tf.data): held to the inputs' rows
+        t = validate.same_shape(t, (N, T)[:len(shape)], "labels", "", be,
+                                x_rows(be, like, len(shape), T))
+        if len(shape) == 1:
+            t = be.xp.reshape(t, (-1, 1))
+    elif shape == (N,) and T == 1:
         t = be.xp.reshape(t, (N, 1))
     elif shape != (N, T):
         hint = ""
@@ -60,8 +73,10 @@ def _sample(be: Backend, sampled: Any, like: Any, N: int, T: int, S: int, num_cl
     names = ("sampled.ids", "sampled.true_expected_count", "sampled.sampled_expected_count")
     ids, te, se = (validate.convert(be, a, like, n, "inputs") for a, n in zip(sampled, names))
     if T == 1 and validate.shape_of(te) == (N,):  # a sample drawn for [N] labels
-        te = be.xp.reshape(te, (N, 1))
+        te = be.xp.reshape(te, (-1, 1))
     for arr, name, shape in ((ids, names[0], (S,)), (te, names[1], (N, T)), (se, names[2], (S,))):
+        if N is None and validate.compatible(validate.shape_of(arr), shape):
+            continue  # the batch size is unknown until run time: TF checks it when it runs
         if validate.shape_of(arr) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {validate.shape_of(arr)}")
     validate.integer_labels(be, ids, names[0])
@@ -103,7 +118,8 @@ def _record(inputs, classifier, labels, bias, num_sampled, num_true, sampler, sa
     else:
         sample = _sample(be, sampled, x, N, T, S, C)
     cdt = be.compute_dtype(be.promote(x.dtype, W.dtype))
-    sw = reduce.sample_weights(be, sample_weight, x, (N,), cdt)
+    sw = reduce.sample_weights(be, sample_weight, x, (N,), cdt,
+                               shaped=None if N is not None else x[:, 0])
     return SampledCall(be, x, W, b, t, sample.ids, sample.true_expected_count,
                        sample.sampled_expected_count, T, cdt, bool(remove_accidental_hits),
                        bool(subtract_log_q), sampled is None, x.dtype, red, sw=sw,

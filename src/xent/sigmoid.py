@@ -15,7 +15,8 @@ __all__ = ["sigmoid_cross_entropy", "log_loss"]
 
 def _labels(be, labels, like, shape, cdt, name="labels", ref_name="logits"):
     y = validate.convert(be, labels, like, name, ref_name)
-    validate.same_shape(y, shape, name, "sigmoid losses take one label per logit, in [0, 1]")
+    y = validate.same_shape(y, shape, name, "sigmoid losses take one label per logit, in [0, 1]",
+                            be, like)
     if not be.is_floating(y):
         name_ = be.dtype_name(y.dtype)
         if not (name_ == "bool" or name_.startswith("int") or name_.startswith("uint")):
@@ -132,7 +133,7 @@ def sigmoid_cross_entropy(logits: Any, labels: Any, /, *, pos_weight: Any = None
         validate.broadcastable_to(pw, shape, "pos_weight", "the logits' shape")
         validate.in_range(be, pw, 0.0, float("inf"), "pos_weight", "pos_weight must be non-negative")
         pw = be.astype(pw, cdt)
-    sw = reduce.sample_weights(be, sample_weight, logits, shape, cdt)
+    sw = reduce.sample_weights(be, sample_weight, logits, shape, cdt, shaped=logits)
     call = Call(be, logits, y, shape[-1] if shape else 1, cdt, logits.dtype, red, s, gamma,
                 pw=pw, alpha=alpha, sw=sw, keep=reduce.keep_mask(be, sw, None),
                 normalizer=validate.normalizer(normalizer, red, be, logits, cdt),
@@ -202,7 +203,7 @@ def log_loss(probabilities: Any, labels: Any, /, *, epsilon: float = 1e-7,
     p = be.astype(p, cdt)
     y = _labels(be, labels, like, shape, cdt, ref_name="probabilities")
     sw = reduce.sample_weights(be, sample_weight, like, shape, cdt,
-                          ref_name="probabilities")
+                          ref_name="probabilities", shaped=like)
     keep = reduce.keep_mask(be, sw, None)
     if keep is not None:
         half = xp.full_like(p, 0.5)

@@ -22,6 +22,17 @@ def _options(label_smoothing: Any, focal_gamma: Any, z_loss: Any, reduction: Any
     return s, g, zl, validate.reduction(reduction)
 
 
+def _classes(shape: tuple, ax: int) -> int:
+    """The class count: the size of the class axis, which must be known before run time."""
+    C = shape[ax]
+    if C is None:
+        raise ValueError(
+            f"logits must have a class axis of known size, got shape {shape} (axis {ax} is "
+            "unknown until run time); only the batch axes may be None in a tf.function's "
+            "input_signature")
+    return C
+
+
 def _prepare(be: Backend, logits: Any, axis: int, shape: tuple[int, ...]):
     """Common set-up: class axis last (in the logits' dtype), and the compute dtype."""
     ax = validate.axis(axis, len(shape))
@@ -123,8 +134,8 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     shape = validate.shape_of(logits)
     ax, z, cdt = _prepare(be, logits, axis, shape)
     y = validate.convert(be, labels, logits, "labels")
-    validate.same_shape(y, shape, "labels",
-                 "integer class indices go to sparse_softmax_cross_entropy")
+    y = validate.same_shape(y, shape, "labels",
+                 "integer class indices go to sparse_softmax_cross_entropy", be, logits)
     if not be.is_floating(y):
         if be.dtype_name(y.dtype) == "bool":
             y = be.astype(y, cdt)
@@ -139,8 +150,9 @@ def softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     if not label_gradient:
         y = be.stop_gradient(y)
     nz = validate.normalizer(normalizer, red, be, logits, cdt)
-    C = shape[ax]
-    sw = reduce.sample_weights(be, sample_weight, logits, validate.shape_of(z)[:-1], cdt)
+    C = _classes(shape, ax)
+    sw = reduce.sample_weights(be, sample_weight, logits, validate.shape_of(z)[:-1], cdt,
+                               shaped=None if validate.known(shape) else z[..., 0])
     cw = weights.class_weight(be, class_weight, logits, C, cdt)
     keep = reduce.keep_mask(be, sw, None)
     norm = None
@@ -283,11 +295,14 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     ignore = validate.ignore_index(ignore_index)
     shape = validate.shape_of(logits)
     ax, z, cdt = _prepare(be, logits, axis, shape)
-    C = shape[ax]
+    C = _classes(shape, ax)
     elem_shape = shape[:ax] + shape[ax + 1:]
     t = validate.convert(be, labels, logits, "labels")
     tshape = validate.shape_of(t)
-    if tshape != elem_shape:
+    if not (validate.known(tshape) and validate.known(elem_shape)) and validate.compatible(
+            tshape, elem_shape):
+        t = validate.same_shape(t, elem_shape, "labels", "", be, logits, ax)
+    elif tshape != elem_shape:
         hint = "one-hot or probability labels go to softmax_cross_entropy" if tshape == shape else ""
         if (not hint and len(shape) >= 3 and ax == len(shape) - 1
                 and tshape == shape[:1] + shape[2:]):
@@ -304,7 +319,8 @@ def sparse_softmax_cross_entropy(logits: Any, labels: Any, /, *, axis: int = -1,
     w_t = norm = None
     if cw is not None:
         xp = be.xp
-        w_t = xp.reshape(be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0), elem_shape)
+        w_t = xp.reshape(be.take_along_axis(cw, xp.reshape(t, (-1,)), axis=0),
+                         validate.run_shape(t, elem_shape))
         norm = w_t if sw is None else w_t * sw
     call = Call(be, z, t, C, cdt, logits.dtype, red, s, gamma, zl, cw=cw, w_t=w_t, sw=sw,
                 valid=valid, keep=keep, norm=norm, normalizer=nz, grad_z=be.needs_grad(logits))

@@ -37,8 +37,13 @@ from .backend import Backend
 
 
 def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int, ...],
-                   dtype: Any, name: str = "sample_weight", ref_name: str = "logits") -> Any:
-    """``sample_weight`` as a float array of exactly ``shape`` (or None)."""
+                   dtype: Any, name: str = "sample_weight", ref_name: str = "logits",
+                   shaped: Any = None) -> Any:
+    """``sample_weight`` as a float array of exactly ``shape`` (or None).
+
+    ``shaped``: a tensor of that shape, whose run-time shape is the target
+    where some sizes are unknown until run time (TensorFlow).
+    """
     if sample_weight is None:
         return None
     sw = validate.convert(be, sample_weight, like, name, ref_name)
@@ -48,7 +53,9 @@ def sample_weights(be: Backend, sample_weight: Any, like: Any, shape: tuple[int,
     sw = be.astype(sw, dtype)
     validate.in_range(be, sw, 0.0, float("inf"), name, "sample weights must be non-negative")
     if validate.shape_of(sw) != tuple(shape):
-        sw = be.xp.broadcast_to(sw, tuple(shape))
+        target = tuple(shape) if validate.known(shape) or shaped is None else (
+            validate.run_shape(shaped, shape))
+        sw = be.xp.broadcast_to(sw, target)
     return sw
 
 
@@ -86,7 +93,7 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
         out = weighted
     elif (normalizer is None and sample_weight is None and norm is None and valid is None
           and reduction in ("mean", "sum_over_batch_size", "sum_by_nonzero_weights")
-          and math.prod(validate.shape_of(loss)) > 0):
+          and validate.known(validate.shape_of(loss)) and 0 not in validate.shape_of(loss)):
         # every element counts 1: the plain mean, one operator (and one backward node)
         out = xp.mean(weighted)
     else:
@@ -103,11 +110,11 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = math.prod(validate.shape_of(loss))
+                den = validate.numel(be, loss, loss.dtype)
             out = _safe_divide(be, total, den)
         elif reduction == "sum_over_batch_size":
             den = _count(be, valid, loss.dtype) if valid is not None else (
-                math.prod(validate.shape_of(loss)))
+                validate.numel(be, loss, loss.dtype))
             out = _safe_divide(be, total, den)
         elif reduction == "sum_by_nonzero_weights":
             w = norm if norm is not None else sample_weight
@@ -116,7 +123,7 @@ def reduce(be: Backend, loss: Any, *, reduction: str, sample_weight: Any = None,
             elif valid is not None:
                 den = _count(be, valid, loss.dtype)
             else:
-                den = math.prod(validate.shape_of(loss))
+                den = validate.numel(be, loss, loss.dtype)
             out = _safe_divide(be, total, den)
         else:  # pragma: no cover - validated by the caller
             raise ValueError(reduction)
@@ -149,7 +156,9 @@ def plain_reduction(call: Any) -> str | None:
         return None
     if red == "sum":
         return "sum"
-    return "mean" if 0 not in validate.shape_of(call.z) else None
+    shape = validate.shape_of(call.z)
+    # a size unknown until run time (TensorFlow) may be 0: the general path's safe division
+    return "mean" if validate.known(shape) and 0 not in shape else None
 
 
 def finish(call: Any, loss: Any) -> Any:
@@ -208,7 +217,7 @@ def ignore_and_weight(be: Backend, labels: Any, ignore_index: Any, sample_weight
     if ignore_index is not None:
         valid = labels != ignore_index
         labels = xp.where(valid, labels, xp.zeros_like(labels))
-    sw = sample_weights(be, sample_weight, like, shape, dtype)
+    sw = sample_weights(be, sample_weight, like, shape, dtype, shaped=labels)
     if valid is not None:
         sw = be.astype(valid, dtype) if sw is None else xp.where(valid, sw, xp.zeros_like(sw))
     return labels, sw, valid

@@ -22,13 +22,70 @@ from .backend import Backend, backend_of, describe, library_of
 REDUCTIONS = ("none", "sum", "mean", "sum_over_batch_size", "sum_by_nonzero_weights")
 
 
-def shape_of(x: Any) -> tuple[int, ...]:
+def shape_of(x: Any) -> tuple[int | None, ...]:
+    """The static shape of ``x`` as a tuple; ``None`` for a size unknown until run time.
+
+    Only TensorFlow has such sizes: a tensor traced in ``tf.function`` with a
+    relaxed shape (``TensorSpec([None, C])``, ``reduce_retracing=True``, or
+    ``tf.data`` batches, whose batch axis is ``None``: Keras's ``fit``).
+    """
     shape = x.shape
     if type(shape) is tuple:  # NumPy, JAX: already Python ints
         return shape
     if isinstance(shape, tuple):  # torch.Size: a tuple of ints already
         return tuple(shape)
-    return tuple(int(d) for d in shape)
+    if shape.rank is None:
+        raise ValueError(
+            f"{describe(x)} has an unknown number of dimensions; xent needs at least the rank "
+            "(give tf.function an input_signature, or tf.ensure_shape the tensor)")
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def known(shape: tuple[int | None, ...]) -> bool:
+    """Whether every size of ``shape`` (from :func:`shape_of`) is known before run time."""
+    return None not in shape
+
+
+def compatible(got: tuple, expected: tuple) -> bool:
+    """Equal shapes, where an unknown size (``None``) matches any size."""
+    return len(got) == len(expected) and all(
+        a is None or b is None or a == b for a, b in zip(got, expected))
+
+
+def run_shape(x: Any, shape: tuple) -> Any:
+    """``shape`` when it is known, else the run-time shape of ``x`` (which has that shape)."""
+    if known(shape):
+        return tuple(shape)
+    import tensorflow as tf  # only TensorFlow has sizes unknown before run time
+
+    return tf.shape(x)
+
+
+def numel(be: Backend, x: Any, dtype: Any) -> Any:
+    """The element count of ``x``: a Python int, or a ``dtype`` scalar where sizes are unknown."""
+    shape = shape_of(x)
+    if known(shape):
+        return math.prod(shape)
+    return be.astype(be.tf.size(x), dtype)
+
+
+def _same_at_run_time(be: Backend, x: Any, like: Any, drop: int | None, name: str) -> Any:
+    """``x`` held to the run-time shape of ``like`` (less axis ``drop``), with the same rank.
+
+    An in-graph assertion compares the shapes (inside ``tf.function``), and ``x``
+    is reshaped to ``like``'s shape: XLA drops assertions, but a reshape to
+    another element count fails there too, so a batch of another size is an
+    error and never a broadcast.
+    """
+    tf = be.tf
+    sx = tf.shape(x, out_type=tf.int64)
+    sl = tf.shape(like, out_type=tf.int64)
+    if drop is not None:
+        sl = tf.concat([sl[:drop], sl[drop + 1:]], 0)
+    be.assert_in_graph(tf.reduce_all(tf.equal(sx, sl)),
+                       f"{name} must have the shape of the logits (no broadcasting is done "
+                       "between logits and labels)")
+    return tf.reshape(x, sl)
 
 
 def float_array(x: Any, name: str = "logits") -> tuple[Backend, Any]:
@@ -142,7 +199,7 @@ def normalizer(value: Any, reduction: str, be: Backend, like: Any, dtype: Any) -
         raise TypeError(
             f"normalizer must be a non-negative number or a scalar array, got {describe(value)}")
     arr = convert(be, value, like, "normalizer")
-    if int(np.prod(shape_of(arr))) != 1:
+    if not known(shape_of(arr)) or math.prod(shape_of(arr)) != 1:
         raise ValueError(
             f"normalizer must be a scalar (one element), got shape {shape_of(arr)}")
     if be.dtype_name(arr.dtype) == "bool":
@@ -164,8 +221,19 @@ def axis(value: Any, ndim: int, name: str = "axis") -> int:
     return int(value) % ndim
 
 
-def same_shape(labels: Any, expected: tuple[int, ...], name: str, hint: str = "") -> None:
+def same_shape(labels: Any, expected: tuple[int, ...], name: str, hint: str = "",
+               be: Backend | None = None, like: Any = None, drop: int | None = None) -> None:
+    """``labels``, which must have shape ``expected``.
+
+    Sizes unknown until run time (TensorFlow) match any size here; with ``like``
+    (a tensor of the expected shape, less its axis ``drop``) the labels returned
+    are then held to its run-time shape (:func:`_same_at_run_time`).
+    """
     got = shape_of(labels)
+    if not (known(got) and known(expected)) and compatible(got, tuple(expected)):
+        if be is not None and like is not None:
+            return _same_at_run_time(be, labels, like, drop, name)
+        return labels
     if got != tuple(expected):
         msg = f"{name} must have shape {tuple(expected)}, got {got}"
         if len(got) == len(expected) + 1 and got[-1] == 1 and got[:-1] == tuple(expected):
@@ -175,15 +243,25 @@ def same_shape(labels: Any, expected: tuple[int, ...], name: str, hint: str = ""
         if hint:
             msg += f"; {hint}"
         raise ValueError(msg + ". No broadcasting is done between logits and labels.")
+    return labels
 
 
 def broadcastable_to(x: Any, shape: tuple[int, ...], name: str, what: str) -> None:
     """``x`` must broadcast to ``shape`` without growing it."""
     got = shape_of(x)
-    try:
-        out = np.broadcast_shapes(got, tuple(shape))
-    except ValueError:
+    if not (known(got) and known(shape)):
+        # sizes unknown until run time (TensorFlow): each known size must be 1 or the
+        # target's; TensorFlow's own broadcast checks the rest when it runs
+        if len(got) <= len(shape) and all(
+                a in (1, None) or b is None or a == b
+                for a, b in zip(got[::-1], tuple(shape)[::-1])):
+            return
         out = None
+    else:
+        try:
+            out = np.broadcast_shapes(got, tuple(shape))
+        except ValueError:
+            out = None
     if out != tuple(shape):
         msg = f"{name} of shape {got} must broadcast to {what} {tuple(shape)} without changing it"
         if 0 < len(got) < len(shape) and got == tuple(shape)[:len(got)]:
@@ -203,7 +281,7 @@ def in_range(be: Backend, x: Any, low: float, high: float, name: str, hint: str 
     "raise" reads the values and names the first bad position; "async" queues
     a device-side assertion (torch) and reads nothing; "off" does nothing.
     """
-    if math.prod(shape_of(x)) == 0:
+    if 0 in shape_of(x):
         return
     mode = checks.mode_for(be, x)
     if mode == "off":

@@ -37,6 +37,8 @@ def terms(call: SampledCall) -> tuple:
     be, t, T, cdt = call.be, call.t, call.num_true, call.cdt
     xp = be.xp
     N, D = validate.shape_of(call.x)
+    # N * T true rows; a tensor where the batch size is unknown until run time (tf.data)
+    NT = N * T if N is not None else be.tf.size(t)
     ids = be.stop_gradient(call.ids)
     all_ids = xp.concat([xp.reshape(t, (-1,)), ids])
     rows = be.astype(be.gather_rows(call.W, all_ids), cdt)
@@ -44,13 +46,13 @@ def terms(call: SampledCall) -> tuple:
     keep = reduce.keep_mask(be, call.sw, None)
     if keep is not None:
         x = xp.where(keep[:, None], x, xp.zeros_like(x))
-    true_w = xp.reshape(rows[: N * T], (N, T, D))
+    true_w = xp.reshape(rows[:NT], (-1, T, D))
     true_logits = xp.sum(x[:, None, :] * true_w, axis=-1)
     shift = None
     if call.b is not None:
         all_b = be.astype(xp.take(call.b, all_ids, axis=0), cdt)
-        true_logits = true_logits + xp.reshape(all_b[: N * T], (N, T))
-        shift = all_b[N * T:]
+        true_logits = true_logits + xp.reshape(all_b[:NT], (-1, T))
+        shift = all_b[NT:]
     if call.subtract_log_q:
         te = be.stop_gradient(be.astype(call.te, cdt))
         se = be.stop_gradient(be.astype(call.se, cdt))
@@ -58,7 +60,7 @@ def terms(call: SampledCall) -> tuple:
             te = xp.where(keep[:, None], te, xp.ones_like(te))
         true_logits = true_logits - xp.log(te)
         shift = -xp.log(se) if shift is None else shift - xp.log(se)
-    return x, true_logits, rows[N * T:], shift, ids
+    return x, true_logits, rows[NT:], shift, ids
 
 
 def sampled_logits(call: SampledCall, x: Any, ws: Any, shift: Any, ids: Any) -> Any:
