@@ -287,16 +287,21 @@ def test_sigmoid_mean_writes_no_elementwise_loss_under_xla():
     assert 1 <= a < b, (a, b)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("jit", [False, True])
-def test_sigmoid_mean_of_millions_of_float32_entries_is_accurate(jit):
+def test_sigmoid_mean_of_millions_of_float32_entries_is_accurate(jit, weighted):
     """Against float64: XLA's ``reduce_sum`` of 8M float32 losses was off by 3e-6 (relative);
-    summing rows by the product first keeps it near 1e-8."""
+    summing rows by the product first keeps it near 1e-8, in the kernel's own mean and in
+    the general reduction (sample weights)."""
     rng = np.random.default_rng(3)
     zn = rng.normal(size=(1024, 8192)).astype(np.float32)
     yn = (rng.random((1024, 8192)) < 0.1).astype(np.float32)
+    sw = (rng.random((1024, 8192)) + 0.5).astype(np.float32) if weighted else None
     z64 = zn.astype(np.float64)
-    want = (np.logaddexp(0.0, z64) - yn * z64).mean()
-    f = tf.function(lambda z, y: xent.sigmoid_cross_entropy(z, y), jit_compile=jit)
+    per = np.logaddexp(0.0, z64) - yn * z64
+    want = per.mean() if sw is None else (per * sw).sum() / sw.astype(np.float64).sum()
+    kw = {} if sw is None else {"sample_weight": tf.constant(sw)}
+    f = tf.function(lambda z, y: xent.sigmoid_cross_entropy(z, y, **kw), jit_compile=jit)
     got = float(f(tf.constant(zn), tf.constant(yn)))
     np.testing.assert_allclose(got, want, rtol=1e-6)
 

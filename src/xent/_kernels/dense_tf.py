@@ -61,28 +61,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .._core import tf_namespace as xp
 from .._core.reduce import Reduced, plain_reduction
 
 
-_BY_DOT = []
-
-
 def _row_sum(x):
-    """``sum(x, axis=-1)``; on the CPU, a product with a vector of ones.
-
-    XLA's CPU backend writes the operand of a reduction out to memory (one
-    more ``[..., C]`` buffer and pass), but fuses the elementwise producer of
-    a matrix-vector product into its loop. On a GPU or TPU reductions fuse
-    and a product would go to a library call: ``reduce_sum`` there. Decided
-    once, at the first trace, from the devices TensorFlow sees.
-    """
-    if not _BY_DOT:
-        _BY_DOT.append(not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")))
-    if not _BY_DOT[0]:
-        return tf.reduce_sum(x, axis=-1)
-    C = x.shape[-1]
-    rows = tf.linalg.matvec(tf.reshape(x, (-1, C)), tf.ones((C,), x.dtype))
-    return tf.reshape(rows, tf.shape(x)[:-1])
+    """``sum(x, axis=-1)``; on the CPU, a product with a vector of ones (``tf_namespace.by_dot``:
+    XLA fuses its elementwise producer, where a reduction's operand is written out)."""
+    return xp.row_sum(x)
 
 
 def _stats(zc, by_dot=True):
