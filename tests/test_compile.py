@@ -95,3 +95,34 @@ def test_compiles_after_other_libraries_filled_the_dtype_caches():
     (gz,) = torch.autograd.grad(got, z)
     (rz,) = torch.autograd.grad(ref, z64)
     assert torch.allclose(gz.double(), rz, rtol=1e-5, atol=1e-7)
+
+
+def test_dense_losses_compile_with_dynamic_batch_sizes():
+    """``torch.compile(dynamic=True)`` traces the batch size as a symbol: batches of 5 and 7
+    rows give eager's values and gradients and torch's own losses' values. (Not yet
+    ``linear_cross_entropy``: its chunk is sized from the row count, which is symbolic there.)"""
+    torch._dynamo.reset()
+
+    def step(z, t, y):
+        return (xent.sparse_softmax_cross_entropy(z, t, label_smoothing=0.1)
+                + xent.softmax_cross_entropy(z, torch.softmax(y, -1))
+                + xent.sigmoid_cross_entropy(z, (y > 0).to(z.dtype), reduction="sum"))
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=True)
+    gen = torch.Generator().manual_seed(0)
+    for n in (5, 7):
+        z = torch.randn(n, 11, dtype=torch.float64, generator=gen)
+        t = torch.randint(0, 11, (n,), generator=gen)
+        y = torch.randn(n, 11, dtype=torch.float64, generator=gen)
+        outs = []
+        for fn in (compiled, step):
+            zz = z.clone().requires_grad_()
+            v = fn(zz, t, y)
+            outs.append((v.detach(), *torch.autograd.grad(v, zz)))
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        sparse = torch.nn.functional.cross_entropy(z, t, label_smoothing=0.1)
+        soft = torch.nn.functional.cross_entropy(z, torch.softmax(y, -1))
+        sig = torch.nn.functional.binary_cross_entropy_with_logits(z, (y > 0).to(z.dtype),
+                                                                   reduction="sum")
+        torch.testing.assert_close(outs[0][0], sparse + soft + sig, rtol=1e-10, atol=1e-12)
