@@ -33,7 +33,7 @@ def _matrix(be: Backend, x: Any, like: Any, name: str, ndim: int, what: str) -> 
     return x
 
 
-def x_rows(be: Backend, x: Any, ndim: int, T: int) -> Any:
+def _x_rows(be: Backend, x: Any, ndim: int, T: int) -> Any:
     """A tensor of shape ``[N]`` (``ndim`` 1) or ``[N, T]`` for the ``N`` rows of ``x``."""
     col = x[:, :1] if ndim == 2 else x[:, 0]
     return col if ndim == 1 or T == 1 else be.xp.broadcast_to(col, (be.tf.shape(x)[0], T))
@@ -43,11 +43,10 @@ def _labels(be: Backend, labels: Any, like: Any, N: int, T: int, num_classes: in
     t = validate.convert(be, labels, like, "labels", "inputs")
     validate.integer_labels(be, t, "labels")
     shape = validate.shape_of(t)
-    if N is None and validate.compatible(shape, (N, T)[:len(shape)]) and len(shape) in (
-            (1, 2) if T == 1 else (2,)):
+    want = (N,) if T == 1 and len(shape) == 1 else (N, T)
+    if N is None and validate.compatible(shape, want):
         # a batch size unknown until run time (tf.data): held to the inputs' rows
-        t = validate.same_shape(t, (N, T)[:len(shape)], "labels", "", be,
-                                x_rows(be, like, len(shape), T))
+        t = validate.same_shape(t, want, "labels", "", be, _x_rows(be, like, len(want), T))
         if len(shape) == 1:
             t = be.xp.reshape(t, (-1, 1))
     elif shape == (N,) and T == 1:

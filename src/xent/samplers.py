@@ -346,8 +346,8 @@ class UniformSampler(_Sampler):
         return xp.minimum(k, xp.full_like(k, self.num_classes - 1))
 
     def _probability(self, be, ids, params):
-        return be.xp.full(validate.run_shape(ids, validate.run_shape(ids, validate.shape_of(ids))), 1.0 / self.num_classes, dtype=be.float32,
-                          **be.device_kw(ids))
+        shape = validate.run_shape(ids, validate.shape_of(ids))  # run-time batch: tf.shape
+        return be.xp.full(shape, 1.0 / self.num_classes, dtype=be.float32, **be.device_kw(ids))
 
     def __repr__(self) -> str:
         return f"UniformSampler({self.num_classes})"
@@ -394,7 +394,8 @@ class _TableSampler(_Sampler):
     def _probability(self, be, ids, params):
         _, prob = params
         flat = be.xp.reshape(ids, (-1,))
-        return be.xp.reshape(be.xp.take(prob, be.astype(flat, be.index_dtype)), validate.run_shape(ids, validate.shape_of(ids)))
+        return be.xp.reshape(be.xp.take(prob, be.astype(flat, be.index_dtype)),
+                             validate.run_shape(ids, validate.shape_of(ids)))
 
     def probabilities(self) -> np.ndarray:
         """The whole distribution ``P`` as a float32 NumPy vector."""

@@ -222,7 +222,7 @@ def axis(value: Any, ndim: int, name: str = "axis") -> int:
 
 
 def same_shape(labels: Any, expected: tuple[int, ...], name: str, hint: str = "",
-               be: Backend | None = None, like: Any = None, drop: int | None = None) -> None:
+               be: Backend | None = None, like: Any = None, drop: int | None = None) -> Any:
     """``labels``, which must have shape ``expected``.
 
     Sizes unknown until run time (TensorFlow) match any size here; with ``like``

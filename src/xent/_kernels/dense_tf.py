@@ -11,7 +11,7 @@ finite), ``log S = log sum exp(z - m)`` and the loss (formulas in
     dl/dz = (A + 2 z_loss lse) p - a
 
 (probability labels: summed as ``sum_c a_c (log S - (z_c - m))``, see
-:func:`_capped`; row sums by :func:`_row_sum`)
+:func:`_capped`; row sums by ``xp.row_sum``)
 and save only ``[...]``-sized statistics besides their inputs. The backward
 pass recomputes ``p = exp((z - m) - log S)`` and forms
 ``g * ((A + 2 z_loss lse) p - a)`` in one expression, which XLA fuses into one
@@ -65,16 +65,10 @@ from .._core import tf_namespace as xp
 from .._core.reduce import Reduced, plain_reduction
 
 
-def _row_sum(x):
-    """``sum(x, axis=-1)``; on the CPU, a product with a vector of ones (``tf_namespace.by_dot``:
-    XLA fuses its elementwise producer, where a reduction's operand is written out)."""
-    return xp.row_sum(x)
-
-
 def _stats(zc, by_dot=True):
     """``(z - m, m, log S)``: ``m`` the row maximum (0 where not finite), ``[..., C]``, ``[...]``, ``[...]``.
 
-    ``by_dot=False``: ``S`` by ``reduce_sum``, not :func:`_row_sum`. The
+    ``by_dot=False``: ``S`` by ``reduce_sum``, not ``xp.row_sum``. The
     integer-label kernel takes it: there XLA (CPU, TF 2.21) writes ``exp(z - m)``
     out either way and the two take the same time, and the product's vector of
     ones is one ``[C]`` buffer more than ``tf.nn``'s program holds (measured
@@ -85,7 +79,7 @@ def _stats(zc, by_dot=True):
     m = tf.where(tf.math.is_finite(m), m, tf.zeros_like(m))
     zs = zc - m
     e = tf.exp(zs)
-    return zs, m[..., 0], tf.math.log(_row_sum(e) if by_dot else tf.reduce_sum(e, axis=-1))
+    return zs, m[..., 0], tf.math.log(xp.row_sum(e) if by_dot else tf.reduce_sum(e, axis=-1))
 
 
 def _guarded(a, zs):
@@ -228,8 +222,8 @@ def dense_loss(call):
     @tf.custom_gradient
     def f(z, ai):
         zs, m, log_s = _stats(tf.cast(z, cdt))
-        A = _row_sum(ai)
-        loss = _row_sum(ai * _capped(ai, log_s[..., None] - zs))
+        A = xp.row_sum(ai)
+        loss = xp.row_sum(ai * _capped(ai, log_s[..., None] - zs))
         loss, lse = _with_z_loss(loss, m, log_s, zl)
 
         def grad(g):
@@ -302,7 +296,7 @@ def sigmoid_loss(call):
     the same expression in both passes and computes it once, as for
     ``tf.nn``'s composition) and forms ``g (neg σ(z) - pos σ(-z))`` in one
     expression without cancellation (:func:`_sigmoid_grad`). The plain mean
-    or sum adds up the rows by :func:`_row_sum` first: on the CPU, XLA fuses
+    or sum adds up the rows by ``xp.row_sum`` first: on the CPU, XLA fuses
     the elementwise loss into that product instead of writing it out, and
     the product's float32 sum is the more accurate one (at ``[4096, 32768]``
     a relative error of 4e-9 against float64, where ``reduce_sum`` over all
@@ -310,9 +304,10 @@ def sigmoid_loss(call):
     fwd+bwd with the whole gradient returned, in one process: 0.93x
     ``tf.nn.sigmoid_cross_entropy_with_logits``'s time (1.01x with
     ``reduce_sum``). Peak memory: the same as ``tf.nn``'s but for the
-    product's ``[C]`` vector of ones (XLA's buffer assignment, tested). Where a coefficient is 0 and its softplus infinite
-    (``-inf`` logit with label 0, ``+inf`` with label 1) the term is 0 in the
-    value and in every gradient, as ``reference.safe_product`` makes it.
+    product's ``[C]`` vector of ones (XLA's buffer assignment, tested).
+    Where a coefficient is 0 and its softplus infinite (``-inf`` logit with
+    label 0, ``+inf`` with label 1) the term is 0 in the value and in every
+    gradient, as ``reference.safe_product`` makes it.
 
     ``pos`` and ``neg`` are built outside the custom gradient and are inputs
     of it (their gradients: ``g softplus(-z)`` and ``g softplus(z)``, guarded
@@ -342,7 +337,7 @@ def sigmoid_loss(call):
     def f(z, pos, neg):
         loss = _sigmoid_terms(tf.cast(z, cdt), pos, neg, unit)
         if red is not None:
-            loss = tf.reduce_sum(_row_sum(loss) if loss.shape.rank and loss.shape[-1] else loss)
+            loss = tf.reduce_sum(xp.row_sum(loss) if loss.shape.rank else loss)
             if red == "mean":
                 loss = loss / tf.cast(tf.size(z), cdt)
 

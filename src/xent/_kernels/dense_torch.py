@@ -853,9 +853,9 @@ def sigmoid_loss(call):
     faults and memory traffic, so no composition of torch operators gets
     near it. ``torch.compile`` of the step (inductor's fused C++ of the plain
     composition) measured 5.9x the floor there, and 3.7x for probability
-    labels where :func:`dense_loss` takes 2.0x. ``0 * inf`` products of infinite logits with a zero
-    coefficient count 0 (``nansum``; a NaN logit keeps the row NaN through
-    ``log(u)``).
+    labels where :func:`dense_loss` takes 2.0x. ``0 * inf`` products of
+    infinite logits with a zero coefficient count 0 (``nansum``; a NaN logit
+    keeps the row NaN through ``log(u)``).
     """
     z, y, pw, keep, s, cd = call.z, call.labels, call.pw, call.keep, call.s, call.cdt
     if call.gamma != 0.0 or call.alpha is not None or not _usable(z, y, pw) or y.shape != z.shape:
